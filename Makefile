@@ -1,0 +1,51 @@
+# nachos workflow. Every target installs what it needs on first use.
+#   make supernet && make search     main job on the default config
+#   make test                        the test suite
+# Pass CONFIG=configs/x.yaml and ARGS="key.sub=value ..." through to any stage.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/cifar10.yaml
+ARGS   ?=
+NACHOS := $(BIN)/nachos
+
+.PHONY: install data supernet search export eval report bench test clean
+
+install: $(STAMP)
+
+# Re-runs only when the package metadata changes, so a second `make install` takes seconds.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+data: install
+	$(NACHOS) data --config $(CONFIG) $(ARGS)
+
+supernet: install
+	$(NACHOS) supernet --config $(CONFIG) $(ARGS)
+
+search: install
+	$(NACHOS) search --config $(CONFIG) $(ARGS)
+
+export: install
+	$(NACHOS) export --config $(CONFIG) $(ARGS)
+
+eval: install
+	$(NACHOS) eval --config $(CONFIG) $(ARGS)
+
+report: install
+	$(NACHOS) report --config $(CONFIG) $(ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf runs .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Metrics, export of chosen early-exit models, evaluation and reports."""

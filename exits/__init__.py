@@ -1,0 +1,1 @@
+"""Exit heads, exit policies and exit losses. Depends on nothing else of ours."""

@@ -1,0 +1,5 @@
+import sys
+
+from nachos.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""The ``nachos`` command: one subcommand per stage of the pipeline.
+
+Every subcommand takes ``--config FILE`` and any number of ``key.sub=value`` overrides.
+Stage code is imported only when its subcommand runs, so ``nachos --help`` is instant and
+this module sits on top of the package layers without creating import cycles.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+DEFAULT_CONFIG = "configs/cifar10.yaml"
+
+
+@dataclass(frozen=True)
+class Command:
+    target: str  # "module:function", called as function(cfg, args)
+    help: str
+    positional: tuple[str, ...] = ()  # names of positional (non key=value) arguments
+    extra: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+def _macs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", choices=("macs", "latency"), default="macs", help="what the table holds")
+    p.add_argument("--samples", type=int, default=20, help="verify: random (arch, exit set) pairs to check")
+
+
+def _resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+
+
+COMMANDS: dict[str, Command] = {
+    "data": Command("nachos.data:prepare_command", "decode the dataset into the tensor cache and print its splits"),
+    "space": Command("supernet.summary:space_command", "summarise the search space of a config"),
+    "macs": Command("supernet.costs:macs_command", "build or verify the calibrated MAC / latency table",
+                    positional=("action",), extra=_macs_args),
+    "supernet": Command("supernet.train:supernet_command", "train the supernet and its exit heads (sandwich rule)",
+                        extra=_resume_args),
+    "search": Command("search.run:search_command", "evolutionary search over subnets, exit sets and thresholds",
+                      extra=_resume_args),
+    "export": Command("eval.export:export_command", "export chosen solutions as standalone early-exit models"),
+    "eval": Command("eval.evaluate:eval_command", "evaluate an exported model on the test split",
+                    positional=("export_dir",)),
+    "report": Command("eval.report:report_command", "write docs/RESULTS.md tables and plots from run folders"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nachos", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+        if cmd.extra:
+            cmd.extra(p)
+        p.add_argument("rest", nargs="*", metavar="ARG",
+                       help=" ".join(f"{a.upper()}" for a in cmd.positional) + (" then " if cmd.positional else "")
+                       + "overrides as key.sub=value")
+    return parser
+
+
+def _resolve(target: str) -> Callable | None:
+    module_name, _, func_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            return None
+        raise
+    return getattr(module, func_name, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nachos.config import ConfigError, load_config
+    from nachos.runtime import RunError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    cmd = COMMANDS[args.command]
+    positional = [a for a in args.rest if "=" not in a]
+    overrides = [a for a in args.rest if "=" in a]
+    if len(positional) > len(cmd.positional):
+        parser.error(f"unexpected argument(s) {positional[len(cmd.positional):]}; overrides look like key.sub=value")
+    for name, value in zip(cmd.positional, positional):
+        setattr(args, name, value)
+    for name in cmd.positional[len(positional):]:
+        setattr(args, name, None)
+    try:
+        cfg = load_config(args.config, overrides)
+        func = _resolve(cmd.target)
+        if func is None:
+            print(f"nachos {args.command}: not implemented yet", file=sys.stderr)
+            return 2
+        result = func(cfg, args)
+    except (ConfigError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Run configuration: YAML files validated into dataclasses, overridable as ``key.sub=value``.
+
+Precedence, lowest first: dataclass defaults < YAML file < the YAML's ``profiles.<device>``
+block (applied once the device is known) < command-line overrides. Every error names the
+key, the bad value and what is allowed, and is raised before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key, the value and what is allowed."""
+
+
+def _f(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, lo: float | None = None,
+       hi: float | None = None, help: str = "", default_factory: Any = dataclasses.MISSING) -> Any:
+    meta = {"choices": choices, "lo": lo, "hi": hi, "help": help}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass
+class AugmentConfig:
+    crop_padding: int = _f(4, lo=0, hi=16, help="random-crop padding in pixels (0 = off)")
+    hflip: bool = _f(True, help="random horizontal flip (turn off for digits)")
+    cutout: int = _f(0, lo=0, hi=32, help="cutout square side in pixels (0 = off)")
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("cifar10", choices=("cifar10", "cifar100", "mnist", "imagefolder"),
+                   help="dataset kind")
+    root: str = _f("", help="where the source data lives; empty = the usual places (../shared/datasets, data/)")
+    cache_dir: str = _f("data/cache", help="git-ignored folder for the decoded uint8 tensor cache")
+    download: bool = _f(False, help="allow torchvision to download the dataset (needs internet)")
+    val_fraction: float = _f(0.1, lo=0.0, hi=0.5, help="class-balanced share of train held out for validation")
+    train_subset: int = _f(0, lo=0, help="use only N training images (0 = all), for quick runs")
+    val_subset: int = _f(0, lo=0, help="use only N validation images (0 = all)")
+    batch_size: int = _f(256, lo=1, help="training batch size")
+    eval_batch_size: int = _f(1024, lo=1, help="batch size for validation / calibration / search")
+    augment: AugmentConfig = _f(default_factory=AugmentConfig)
+
+
+@dataclass
+class StageConfig:
+    widths: list[int] = _f(default_factory=lambda: [32], help="output-channel choices of the stage")
+    depths: list[int] = _f(default_factory=lambda: [1, 2], help="block-count choices (first d blocks kept)")
+    kernels: list[int] = _f(default_factory=lambda: [3, 5, 7], help="depthwise kernel choices (odd)")
+    expand_ratios: list[int] = _f(default_factory=lambda: [3, 4, 6], help="expand-ratio choices")
+    stride: int = _f(1, choices=(1, 2), help="stride of the stage's first block")
+    se: bool = _f(False, help="squeeze-excite in this stage's blocks")
+    act: str = _f("relu", choices=("relu", "hswish"), help="activation of this stage's blocks")
+
+
+@dataclass
+class SpaceConfig:
+    input_size: int = _f(32, lo=8, hi=512, help="input resolution (square)")
+    in_channels: int = _f(3, lo=1, hi=4, help="image channels (3 for RGB, 1 for MNIST)")
+    num_classes: int = _f(10, lo=2, help="number of classes")
+    stem_channels: int = _f(16, lo=4, help="stem conv output channels")
+    stem_stride: int = _f(2, choices=(1, 2), help="stem conv stride")
+    stages: list[StageConfig] = _f(default_factory=lambda: [StageConfig()], help="elastic MBConv stages")
+    final_widths: list[int] = _f(default_factory=lambda: [128, 256], help="final 1x1 expand-conv choices")
+    dropout: float = _f(0.1, lo=0.0, hi=0.9, help="dropout before the final classifier (largest subnet only)")
+    exit_positions: str = _f("stage", choices=("stage", "block"),
+                             help="candidate exits after every stage but the last, or after every block")
+
+
+@dataclass
+class ExitsConfig:
+    head: str = _f("light", choices=("light", "nachos"), help="exit-head design")
+    head_width: int = _f(64, lo=8, help="hidden width of the light head")
+    criterion: str = _f("softmax", choices=("softmax", "entropy", "learned"),
+                        help="exit confidence: max softmax, 1 - normalised entropy, or NACHOS's learned output")
+    w_ce: float = _f(1.0, lo=0.0, help="weight of the exits' cross-entropy")
+    w_distill: float = _f(1.0, lo=0.0, help="weight of distillation from the final classifier")
+    w_bce: float = _f(1.0, lo=0.0, help="learned criterion: weight of the class-balanced BCE term")
+    w_macs: float = _f(1.0, lo=0.0, help="learned criterion: weight of the MACs regulariser")
+    w_support: float = _f(1.0, lo=0.0, help="learned criterion: weight of the support-set calibration term")
+    max_macs: float = _f(2.7e6, lo=0.0, help="learned criterion: M_max of the MACs regulariser")
+    support_fraction: float = _f(0.1, lo=0.0, hi=1.0, help="class-balanced support-set share of train")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(30, lo=0, help="training epochs")
+    optimizer: str = _f("sgd", choices=("sgd", "adamw"), help="optimizer")
+    lr: float = _f(0.1, lo=0.0, help="peak learning rate")
+    momentum: float = _f(0.9, lo=0.0, hi=1.0, help="SGD (nesterov) momentum")
+    weight_decay: float = _f(5e-5, lo=0.0, help="weight decay (not on BN and biases)")
+    warmup_epochs: float = _f(1.0, lo=0.0, help="linear warm-up epochs")
+    label_smoothing: float = _f(0.1, lo=0.0, hi=0.5, help="label smoothing (largest subnet only)")
+    grad_clip: float = _f(5.0, lo=0.0, help="gradient-norm clip (0 = off)")
+    n_random: int = _f(2, lo=0, hi=16, help="random subnets per sandwich step")
+    kd_temperature: float = _f(1.0, lo=0.1, help="temperature of in-place distillation")
+    kd_loss: str = _f("kl", choices=("kl", "alpha"), help="in-place distillation divergence")
+    bn_calib_batches: int = _f(20, lo=1, help="batches for BN recalibration before validation")
+    amp: bool = _f(True, help="bf16 autocast on GPU (ignored on CPU)")
+    channels_last: bool = _f(True, help="channels_last memory format on GPU (ignored on CPU)")
+    compile: bool = _f(False, help="torch.compile the supernet")
+    log_every: int = _f(20, lo=1, help="steps between step-metric logs")
+
+
+@dataclass
+class SearchConfig:
+    algorithm: str = _f("nsga2", choices=("nsga2", "random"), help="search algorithm")
+    random_baseline: bool = _f(False, help="also run random search with the same evaluation budget")
+    population: int = _f(40, lo=4, help="NSGA-II population")
+    generations: int = _f(20, lo=1, help="NSGA-II generations")
+    metric: str = _f("macs", choices=("macs", "latency"), help="hardware objective")
+    min_accuracy: float = _f(0.65, lo=0.0, hi=1.0, help="constraint: validation accuracy >= this")
+    max_expected_macs: float = _f(2.7e6, lo=0.0, help="constraint: expected MACs <= this (0 = none)")
+    max_peak_macs: float = _f(0.0, lo=0.0, help="constraint: peak MACs <= this (0 = none)")
+    max_params: float = _f(0.0, lo=0.0, help="constraint: parameters <= this (0 = none)")
+    threshold_min: float = _f(0.5, lo=0.0, hi=1.0, help="lowest exit threshold")
+    threshold_max: float = _f(1.0, lo=0.0, hi=1.0, help="highest exit threshold (1 = never exit)")
+    threshold_steps: int = _f(11, lo=2, hi=1001, help="threshold grid size")
+    refine_thresholds: bool = _f(True, help="refine thresholds per (backbone, exit set) from the cache")
+    bn_calib_batches: int = _f(10, lo=1, help="batches for BN recalibration of each backbone")
+
+
+@dataclass
+class ExportConfig:
+    select: str = _f("best", help="'best', 'all', an index, 'acc>=0.8' or 'macs<=2.7e6'")
+    onnx: bool = _f(True, help="also write ONNX segment graphs")
+    torchscript: bool = _f(True, help="also write a TorchScript early-exit model")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = _f("auto", choices=("auto", "online", "offline", "disabled"),
+                   help="auto = online when WANDB_API_KEY is set, else offline")
+    project: str = _f("nachos", help="W&B project")
+    entity: str = _f("", help="W&B entity (empty = default)")
+
+
+@dataclass
+class Config:
+    name: str = _f("default", help="run name: outputs go to <out_dir>/<name>/")
+    out_dir: str = _f("runs", help="folder of run folders")
+    seed: int = _f(0, lo=0, help="one seed drives everything")
+    device: str = _f("auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    deterministic: bool = _f(False, help="deterministic algorithms (slower; for tests)")
+    num_threads: int = _f(0, lo=0, help="torch CPU threads (0 = torch's default)")
+    data: DataConfig = _f(default_factory=DataConfig)
+    space: SpaceConfig = _f(default_factory=SpaceConfig)
+    exits: ExitsConfig = _f(default_factory=ExitsConfig)
+    train: TrainConfig = _f(default_factory=TrainConfig)
+    search: SearchConfig = _f(default_factory=SearchConfig)
+    export: ExportConfig = _f(default_factory=ExportConfig)
+    wandb: WandbConfig = _f(default_factory=WandbConfig)
+    profiles: dict[str, dict[str, Any]] = _f(
+        default_factory=dict, help="per-device overrides, e.g. {cpu: {train.epochs: 5}, cuda: {...}}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------- building
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Turn ``value`` into ``tp`` (a dataclass, list, dict or scalar type) or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in configs")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2.7e6 (no dot in the mantissa) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _check_range(value: Any, meta: dict, key: str) -> None:
+    choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if lo is not None and v < lo:
+            raise ConfigError(f"{key}={value!r} is out of range; allowed: >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+        if hi is not None and v > hi:
+            raise ConfigError(f"{key}={value!r} is out of range; allowed: <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = prefix or "the top level"
+        raise ConfigError(f"unknown key {', '.join(repr((prefix + '.' if prefix else '') + k) for k in unknown)} "
+                          f"in {where}; allowed keys: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        coerced = _coerce(value, hints[name], key)
+        _check_range(coerced, fields[name].metadata, key)
+        kwargs[name] = coerced
+    obj = cls(**kwargs)
+    # Defaults are checked too, so that an edited default cannot slip out of range.
+    for name, f in fields.items():
+        if name not in kwargs:
+            _check_range(getattr(obj, name), f.metadata, f"{prefix}.{name}" if prefix else name)
+    return obj
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override's right-hand side with YAML rules (numbers, bools, lists)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse value {text!r}: {err}") from None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"bad override key {dotted!r}; write it as key.sub=value")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):  # list items are addressed by index: space.stages.0.widths
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"bad override key {dotted!r}: {part!r} is not an index below {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if last:
+            node[part] = value
+        else:
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "name=x"]`` -> ``{"train.epochs": 3, "name": "x"}``."""
+    out = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"override {arg!r} has no '='; write overrides as key.sub=value")
+        key, _, text = arg.partition("=")
+        out[key.strip()] = _parse_value(text.strip())
+    return out
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                device_type: str | None = None) -> Config:
+    """Load ``path`` (YAML), apply the ``profiles.<device_type>`` block, then ``overrides``.
+
+    ``device_type`` is 'cpu' or 'cuda'; None resolves it from the config's own ``device`` field.
+    """
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found; pick one of configs/*.yaml")
+        with open(path) as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        tree = loaded
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    overrides = overrides or {}
+    # The device can itself be overridden, and it decides which profile applies.
+    _build(Config, tree)  # validate the file alone first, so its errors are not blamed on overrides
+    for key, value in overrides.items():
+        _set_dotted(tree, key, value)
+    pre = _build(Config, tree)
+    if device_type is None:
+        from nachos.runtime import resolve_device  # local: runtime imports torch
+        device_type = resolve_device(pre.device).type
+    profile = pre.profiles.get(device_type) or {}
+    if not isinstance(profile, dict):
+        raise ConfigError(f"profiles.{device_type} must be a mapping of key.sub: value")
+    merged: dict = yaml.safe_load(yaml.safe_dump(tree))  # deep copy
+    for key, value in profile.items():
+        _set_dotted(merged, key, value)
+    for key, value in overrides.items():  # the command line wins over the profile
+        _set_dotted(merged, key, value)
+    return _build(Config, merged)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from nachos.runtime import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) rows for the README's config reference."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe(hint, key))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        allowed = f.metadata.get("choices")
+        text = f.metadata.get("help", "")
+        if allowed:
+            text += f" ({' / '.join(map(str, allowed))})"
+        rows.append((key, repr(default), text))
+    return rows

@@ -1,0 +1,111 @@
+"""Device choice, seeding, run folders and atomic file writes shared by every stage."""
+from __future__ import annotations
+
+import errno
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class RunError(RuntimeError):
+    """A problem the user can fix (missing file, unwritable folder...); printed without a traceback."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device={name!r} asked for, but no CUDA GPU is visible; use device=auto or device=cpu")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) with a clear error when the disk says no."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RunError(_os_error_text(path, err)) from None
+    return path
+
+
+def _os_error_text(path: Path, err: OSError) -> str:
+    if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return f"cannot write to {path}: the folder is read-only; choose another with out_dir=... or fix its permissions"
+    if err.errno == errno.ENOSPC:
+        return f"cannot write to {path}: the disk is full; free space or choose another out_dir=..."
+    return f"cannot write to {path}: {err.strerror}"
+
+
+def _atomic_write(path: str | Path, write: Any) -> Path:
+    """Write through a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunError(_os_error_text(path, err)) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return _atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    return _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def rng_state() -> dict:
+    """Every RNG stream a run draws from, so that a resumed run continues them exactly."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,1 @@
+"""Constrained multi-objective search over subnets, exit sets and thresholds."""

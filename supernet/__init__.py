@@ -1,0 +1,1 @@
+"""Elastic supernet: search space, elastic ops, network, extraction, costs and training."""
