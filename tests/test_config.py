@@ -1,0 +1,105 @@
+"""Config loading: validation errors name the key, the value and what is allowed; precedence."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nachos.config import Config, ConfigError, describe, load_config, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = REPO / "configs" / "cifar10.yaml"
+
+
+def test_every_shipped_config_loads_for_both_devices():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        for device in ("cpu", "cuda"):
+            cfg = load_config(path, device_type=device)
+            assert isinstance(cfg, Config)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="nosuchkey"):
+        load_config(CIFAR, ["nosuchkey=1"], device_type="cpu")
+    with pytest.raises(ConfigError, match=r"train\.nosuch"):
+        load_config(CIFAR, ["train.nosuch=1"], device_type="cpu")
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {epochz: 3}\n")
+    with pytest.raises(ConfigError, match=r"train\.epochz.*allowed keys: .*epochs"):
+        load_config(path, device_type="cpu")
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("train.lr=abc", r"train\.lr: expected a number, got 'abc'"),
+    ("train.epochs=2.5", r"train\.epochs: expected an integer"),
+    ("data.augment.hflip=maybe", r"data\.augment\.hflip: expected true or false"),
+    ("space.stages=3", r"space\.stages: expected a list"),
+])
+def test_wrong_type_is_named(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(CIFAR, [override], device_type="cpu")
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("train.epochs=-1", r"train\.epochs=-1 is out of range; allowed: >= 0"),
+    ("data.val_fraction=0.9", r"data\.val_fraction=0\.9 is out of range; allowed: <= 0\.5"),
+    ("exits.head=big", r"exits\.head='big' is not allowed; choose one of light, nachos"),
+    ("space.stages.0.stride=3", r"space\.stages\[0\]\.stride=3 is not allowed"),
+])
+def test_out_of_range_is_named(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(CIFAR, [override], device_type="cpu")
+
+
+def test_precedence_defaults_file_profile_cli(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "train": {"epochs": 10, "lr": 0.2},
+        "profiles": {"cpu": {"train.epochs": 3}, "cuda": {"train.epochs": 300}},
+    }))
+    assert load_config(path, device_type="cuda").train.epochs == 300
+    cpu = load_config(path, device_type="cpu")
+    assert cpu.train.epochs == 3  # profile beats file
+    assert cpu.train.lr == 0.2  # file beats default
+    assert cpu.train.momentum == Config().train.momentum  # default kept
+    assert load_config(path, ["train.epochs=7"], device_type="cpu").train.epochs == 7  # CLI beats profile
+
+
+def test_override_values_parse_as_yaml_and_index_lists():
+    cfg = load_config(CIFAR, ["space.stages.1.widths=[8, 16]", "search.max_expected_macs=2.7e6",
+                              "data.augment.hflip=false", "name=x"], device_type="cpu")
+    assert cfg.space.stages[1].widths == [8, 16]
+    assert cfg.search.max_expected_macs == 2.7e6
+    assert cfg.data.augment.hflip is False
+    assert cfg.name == "x"
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(CIFAR, ["space.stages.99.stride=1"], device_type="cpu")
+    with pytest.raises(ConfigError, match="no '='"):
+        load_config(CIFAR, ["train.epochs"], device_type="cpu")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(CIFAR, ["train.lr=0.05"], device_type="cpu")
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml", device_type="cpu")
+    assert again == cfg
+
+
+def test_describe_lists_nested_keys_with_help():
+    rows = {key: text for key, _, text in describe()}
+    assert "data.augment.crop_padding" in rows and rows["train.epochs"]
+    assert "light / nachos" in rows["exits.head"]
+
+
+def test_cli_names_the_bad_key_and_fails():
+    proc = subprocess.run([sys.executable, "-m", "nachos", "supernet", "nosuchkey=1"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "nosuchkey" in proc.stderr
+    assert "Traceback" not in proc.stderr

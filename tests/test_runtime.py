@@ -1,0 +1,94 @@
+"""Run plumbing: atomic writes, clear errors for unwritable folders, seeding, W&B offline runs."""
+from __future__ import annotations
+
+import errno
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nachos.config import load_config
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, resolve_device, rng_state,
+                            seed_everything, set_rng_state)
+from nachos.tracking import Tracker, read_offline_history
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "sub" / "f.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two"
+    assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_failed_save_keeps_previous_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_torch_save({"a": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"a": Unpicklable()}, path)
+    assert torch.load(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("err, pattern", [(errno.EROFS, "read-only"), (errno.EACCES, "read-only"),
+                                          (errno.ENOSPC, "disk is full")])
+def test_os_errors_become_clear_run_errors(tmp_path, monkeypatch, err, pattern):
+    # Root ignores permissions, so the disk's refusal is simulated at the syscall boundary.
+    def refuse(self, *a, **k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    with pytest.raises(RunError, match=pattern):
+        ensure_dir(tmp_path / "x")
+
+
+def test_unwritable_path_gives_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RunError, match="cannot write to"):
+        ensure_dir(blocker / "sub")  # a file stands where the folder should be
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(RunError, match="not a device"):
+        resolve_device("gpu0")
+
+
+def test_rng_state_round_trip_replays_every_stream():
+    seed_everything(3)
+    state = rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_offline_wandb_run_holds_logged_metrics(tmp_path):
+    cfg = load_config(REPO / "configs" / "cifar10.yaml", ["wandb.mode=offline"], device_type="cpu")
+    tracker = Tracker(cfg, tmp_path, "test")
+    for step in range(3):
+        tracker.log({"train/loss": 1.0 / (step + 1), "val/largest/exit_0": 0.25 * step}, step=step)
+    path = tracker.run_path
+    tracker.finish()
+    rows = read_offline_history(path)
+    assert [r["train/loss"] for r in rows] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert [r["val/largest/exit_0"] for r in rows] == pytest.approx([0.0, 0.25, 0.5])
+
+
+def test_disabled_tracker_writes_nothing(tmp_path):
+    cfg = load_config(REPO / "configs" / "cifar10.yaml", ["wandb.mode=disabled"], device_type="cpu")
+    tracker = Tracker(cfg, tmp_path / "run", "test")
+    tracker.log({"x": 1})
+    tracker.finish()
+    assert not tracker.enabled and not (tmp_path / "run").exists()
