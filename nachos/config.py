@@ -74,6 +74,8 @@ class SpaceConfig:
     dropout: float = _f(0.1, lo=0.0, hi=0.9, help="dropout before the final classifier (largest subnet only)")
     exit_positions: str = _f("stage", choices=("stage", "block"),
                              help="candidate exits after every stage but the last, or after every block")
+    channel_divisor: int = _f(8, lo=1, hi=64, help="expanded and squeeze-excite channel counts are rounded to a multiple of this")
+    se_reduction: int = _f(4, lo=1, hi=64, help="squeeze-excite bottleneck = expanded channels / this")
 
 
 @dataclass
@@ -84,6 +86,7 @@ class ExitsConfig:
                         help="exit confidence: max softmax, 1 - normalised entropy, or NACHOS's learned output")
     w_ce: float = _f(1.0, lo=0.0, help="weight of the exits' cross-entropy")
     w_distill: float = _f(1.0, lo=0.0, help="weight of distillation from the final classifier")
+    w_cls: float = _f(1.0, lo=0.0, help="learned criterion: weight of the confidence-weighted CE (NACHOS's L_cls)")
     w_bce: float = _f(1.0, lo=0.0, help="learned criterion: weight of the class-balanced BCE term")
     w_macs: float = _f(1.0, lo=0.0, help="learned criterion: weight of the MACs regulariser")
     w_support: float = _f(1.0, lo=0.0, help="learned criterion: weight of the support-set calibration term")
@@ -109,6 +112,7 @@ class TrainConfig:
     channels_last: bool = _f(True, help="channels_last memory format on GPU (ignored on CPU)")
     compile: bool = _f(False, help="torch.compile the supernet")
     log_every: int = _f(20, lo=1, help="steps between step-metric logs")
+    resume: bool = _f(False, help="continue from the run folder's last.pt (same as --resume)")
 
 
 @dataclass
@@ -127,6 +131,14 @@ class SearchConfig:
     threshold_steps: int = _f(11, lo=2, hi=1001, help="threshold grid size")
     refine_thresholds: bool = _f(True, help="refine thresholds per (backbone, exit set) from the cache")
     bn_calib_batches: int = _f(10, lo=1, help="batches for BN recalibration of each backbone")
+    max_backbones: int = _f(0, lo=0, help="distinct backbones scored at most (each costs a BN recalibration and "
+                               "a validation pass); later offspring move to the nearest scored one (0 = no limit)")
+    init_backbones: int = _f(8, lo=1, help="distinct backbones in the initial population (the rest vary exits)")
+    arch_mutation_prob: float = _f(0.3, lo=0.0, hi=1.0, help="chance that a mutation changes one arch gene")
+    arch_crossover_prob: float = _f(0.5, lo=0.0, hi=1.0, help="chance that a crossover also mixes the parents' archs")
+    init_max_macs_ratio: float = _f(3.0, lo=0.0, help="initial backbones: whole-network MACs at most this multiple "
+                                     "of max_expected_macs (0 = any size)")
+    checkpoint: str = _f("", help="supernet checkpoint to search (empty = <run_dir>/best.pt, else last.pt)")
 
 
 @dataclass
@@ -134,6 +146,13 @@ class ExportConfig:
     select: str = _f("best", help="'best', 'all', an index, 'acc>=0.8' or 'macs<=2.7e6'")
     onnx: bool = _f(True, help="also write ONNX segment graphs")
     torchscript: bool = _f(True, help="also write a TorchScript early-exit model")
+    onnx_opset: int = _f(17, lo=13, hi=21, help="ONNX opset of the segment and head graphs")
+    bn_calib_batches: int = _f(0, lo=0, help="un-augmented training batches (fixed seed) that recalibrate each exported "
+                               "subnet's BN statistics; 0 = search.bn_calib_batches, which reproduces the search's figures")
+    test_subset: int = _f(0, lo=0, help="eval: only the first N test images (0 = the whole test split)")
+    latency_images: int = _f(300, lo=0, help="eval: test images timed one by one (batch 1) for latency (0 = skip)")
+    latency_warmup: int = _f(20, lo=0, help="eval: untimed batch-1 calls before the latency measurement")
+    ece_bins: int = _f(15, lo=2, hi=100, help="eval: equal-width confidence bins of the expected calibration error")
 
 
 @dataclass

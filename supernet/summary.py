@@ -1,0 +1,115 @@
+"""``nachos space``: what a config's search space contains and what its extremes cost.
+
+MACs are counted by ptflops with its ``aten`` backend: every convolution and matrix multiply
+that actually runs (F.conv2d / F.linear included, not only nn.Conv2d modules), batch 1, one
+multiply-accumulate per weight use plus one per output element for a bias. BatchNorm,
+activations, pooling and the SE gate multiply are not counted. On this project's networks
+that is exact (checked by hand for the smallest CIFAR-10 subnet: 945,042). The ``pytorch``
+backend would add BN, activation and pooling element counts, which is why it is not used.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+from collections.abc import Sequence
+
+import torch.nn as nn
+from ptflops import get_model_complexity_info
+
+from exits.heads import HEAD_KINDS, create_exit_head
+from nachos.config import Config
+from supernet.network import create_supernet
+from supernet.space import Arch
+from supernet.static import StaticEENet
+
+
+def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
+    """MACs of one forward of ``module`` on a batch of one ``input_shape`` (C, H, W) input."""
+    # ptflops registers hooks it never removes and switches the model to eval: count a copy
+    probe = copy.deepcopy(module)
+    macs, _ = get_model_complexity_info(probe, tuple(input_shape), as_strings=False, print_per_layer_stat=False,
+                                        backend="aten", ost=io.StringIO())
+    if macs is None:
+        raise RuntimeError(f"ptflops could not count the MACs of {type(module).__name__}")
+    return int(macs)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def segment_macs(net: StaticEENet) -> tuple[list[int], list[int]]:
+    """MACs of every backbone segment and of every selected head of a static network."""
+    segs = [count_macs(s, shape) for s, shape in zip(net.segments, net.segment_input_shapes)]
+    heads = [count_macs(h, shape) for h, shape in zip(net.heads, net.head_input_shapes)]
+    return segs, heads
+
+
+def _m(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.3f} M"
+
+
+def _k(n: float | None) -> str:
+    return "-" if n is None else (f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K")
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def space_command(cfg: Config, args: argparse.Namespace | None = None) -> int:
+    net = create_supernet(cfg)
+    space = net.space
+    c = cfg.space
+    print(f"space {space.space_hash()}: {len(space.stages)} stages, input {c.in_channels}x{c.input_size}x{c.input_size}, "
+          f"{c.num_classes} classes, exits after every {c.exit_positions}")
+    n = space.num_subnets()
+    print(f"distinct subnets: {n:.3e} ({n:,})\n")
+
+    stage_rows = [["stage", "in size", "stride", "widths", "depths", "kernels", "expand", "se", "act"]]
+    for st in space.stages:
+        stage_rows.append([str(st.index), f"{st.in_size}x{st.in_size}", str(st.stride), str(list(st.widths)),
+                           str(list(st.depths)), str(list(st.kernels)), str(list(st.expand_ratios)),
+                           "yes" if st.se else "no", st.act])
+    print(_table(stage_rows) + f"\nfinal widths {list(space.final_widths)}\n")
+
+    extremes: dict[str, tuple[Arch, list[int], list[int]]] = {}
+    rows = [["subnet", "MACs", "params", "arch"]]
+    for name, arch in (("smallest", space.smallest()), ("largest", space.largest())):
+        plain = net.extract(arch, [])
+        macs = count_macs(plain, plain.segment_input_shapes[0])
+        rows.append([name, _m(macs), _k(count_params(plain)), str(arch)])
+        with_exits = net.extract(arch, space.available_exits(arch))
+        segs, heads = segment_macs(with_exits)
+        extremes[name] = (arch, segs, heads)
+    print(_table(rows) + "\n")
+
+    backbone_params = count_params(net) - count_params(net.heads)
+    print(f"supernet parameters: {_k(count_params(net))} (backbone {_k(backbone_params)}, "
+          f"{len(net.heads)} {net.head_settings.kind} exit heads {_k(count_params(net.heads))})\n")
+
+    rows = [["exit", "where", "map", "channels", "backbone MACs to here (smallest / largest)"]
+            + [f"{kind} head MACs (min / max ch)" for kind in HEAD_KINDS] + ["head params (max ch)"]]
+    for p in space.exit_positions():
+        to_here = []
+        for name in ("smallest", "largest"):
+            arch, segs, _ = extremes[name]
+            avail = space.available_exits(arch)
+            to_here.append(sum(segs[:avail.index(p.index) + 1]) if p.index in avail else None)
+        head_costs = []
+        for kind in HEAD_KINDS:
+            costs = []
+            for ch in (p.channels[0], p.channels[-1]):
+                head = create_exit_head(kind, ch, p.resolution, c.num_classes, cfg.exits.head_width,
+                                        net.head_settings.confidence_output).extract(ch)
+                costs.append(count_macs(head, (ch, p.resolution, p.resolution)))
+            head_costs.append(f"{_k(costs[0])} / {_k(costs[1])}")
+        where = f"stage {p.stage}" if p.block is None else f"stage {p.stage} block {p.block}"
+        rows.append([str(p.index), where, f"{p.resolution}x{p.resolution}", str(list(p.channels)),
+                     f"{_m(to_here[0])} / {_m(to_here[1])}", *head_costs, _k(count_params(net.heads[p.index]))])
+    print(_table(rows))
+    return 0
