@@ -91,6 +91,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic_write(path, lambda fh: fh.write(data))
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return _atomic_write(path, lambda fh: torch.save(obj, fh))
 
