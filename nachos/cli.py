@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from nachos.runtime import RunError
 
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if not args.command:
         parser.print_help()
         return 2
