@@ -78,13 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     from nachos.runtime import RunError
 
     parser = _parser()
-    args = parser.parse_intermixed_args(argv)
+    # parse_known_args lets overrides follow options (`macs verify --samples 5 name=x`):
+    # argparse stops the positional list at the first option and leaves the rest over.
+    args, leftover = parser.parse_known_args(argv)
+    unknown = [a for a in leftover if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not args.command:
         parser.print_help()
         return 2
     cmd = COMMANDS[args.command]
-    positional = [a for a in args.rest if "=" not in a]
-    overrides = [a for a in args.rest if "=" in a]
+    rest = list(getattr(args, "rest", [])) + leftover
+    positional = [a for a in rest if "=" not in a]
+    overrides = [a for a in rest if "=" in a]
     if len(positional) > len(cmd.positional):
         parser.error(f"unexpected argument(s) {positional[len(cmd.positional):]}; overrides look like key.sub=value")
     for name, value in zip(cmd.positional, positional):
