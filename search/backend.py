@@ -1,0 +1,156 @@
+"""The search's view of the trained supernet and of the cost table.
+
+``SupernetBackend`` checks the checkpoint before any work (missing, other search space, other
+exit heads: a ``RunError`` naming the command that fixes it), and computes prediction caches
+lazily, so a resumed search whose caches are all on disk never runs the network.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nachos.config import Config
+from nachos.data import derived_generator, load_splits, make_loader
+from nachos.runtime import RunError, resolve_device
+from search.cache import CacheStore, Timer, compute_cache, file_digest, fingerprint, tensor_digest
+from search.scoring import BackboneCache
+from supernet.space import Arch, SearchSpace
+
+
+def fix_supernet(cfg: Config, config_path: str | None) -> str:
+    where = f"CONFIG={config_path}" if config_path else "CONFIG=<your config>"
+    return f"make supernet {where}" + (f' ARGS="name={cfg.name}"' if cfg.name else "")
+
+
+def checkpoint_path(cfg: Config) -> Path:
+    if cfg.search.checkpoint:
+        return Path(cfg.search.checkpoint)
+    best = cfg.run_dir / "best.pt"
+    return best if best.is_file() else cfg.run_dir / "last.pt"
+
+
+def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) -> tuple[Path, dict[str, Any]]:
+    path = checkpoint_path(cfg)
+    if not path.is_file():
+        raise RunError(f"no supernet checkpoint at {path}; train the supernet first: {fix_supernet(cfg, config_path)}"
+                       " (or point search.checkpoint=... at one)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign files raise many kinds of errors
+        raise RunError(f"cannot read supernet checkpoint {path} ({type(err).__name__}: {err}); "
+                       f"retrain it: {fix_supernet(cfg, config_path)}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise RunError(f"{path} is not a supernet checkpoint (no 'model' entry); retrain: {fix_supernet(cfg, config_path)}")
+    theirs, ours = ckpt.get("space_hash"), space.space_hash()
+    if theirs != ours:
+        raise RunError(f"supernet checkpoint {path} was trained on search space {theirs}, but this config's space is "
+                       f"{ours}; train a supernet for this space: {fix_supernet(cfg, config_path)}")
+    return path, ckpt
+
+
+def load_cost_table(cfg: Config, space: SearchSpace, metric: str, config_path: str | None) -> Any:
+    """The run's ``MacTable`` for ``metric``; another space or head design raises
+    ``TableMismatchError`` with the rebuild command. A missing MACs table is built (about a
+    minute, once per run folder: the search's cost checks touch most of its entries anyway);
+    latency must be measured on purpose on the target device, so a missing one is an error."""
+    from supernet.costs import MacTable, table_path
+
+    device = resolve_device(cfg.device)
+    path = table_path(cfg, metric, device)
+    if metric == "latency" and not path.is_file():
+        raise RunError(f"no latency table at {path}; measure one on this device first: nachos macs build --metric "
+                       f"latency --config {config_path or '<your config>'} name={cfg.name}")
+    if not path.is_file():
+        print(f"no MACs table at {path} yet: building it (once per run folder)", file=sys.stderr, flush=True)
+    return MacTable.load_or_build(space, cfg.exits, path, metric, device=device, progress=sys.stderr.isatty())
+
+
+class SupernetBackend:
+    """Prediction caches from the supernet checkpoint; costs from the run's cost tables."""
+
+    def __init__(self, cfg: Config, config_path: str | None = None, cache_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.space = SearchSpace.from_config(cfg.space)
+        self.ckpt_path, ckpt = load_checkpoint(cfg, self.space, config_path)
+        self.device = resolve_device(cfg.device)
+        self.criterion = cfg.exits.criterion
+        self.model = self._build_model(ckpt, config_path)
+        del ckpt
+        self.timer = Timer()
+        self._splits: Any = None
+        self._calib: list[torch.Tensor] | None = None
+        self.store = CacheStore(cache_dir or cfg.run_dir / "search" / "cache", self._fingerprint())
+        self.costs = load_cost_table(cfg, self.space, "macs", config_path)
+        self.latency_table = (load_cost_table(cfg, self.space, "latency", config_path)
+                              if cfg.search.metric == "latency" else None)
+
+    def _build_model(self, ckpt: dict[str, Any], config_path: str | None) -> torch.nn.Module:
+        from supernet.network import create_supernet
+
+        model = create_supernet(self.cfg)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            trained = ckpt.get("config", {}).get("exits", {})
+            raise RunError(f"supernet checkpoint {self.ckpt_path} does not fit this config's exit heads (trained with "
+                           f"head={trained.get('head')}, head_width={trained.get('head_width')}, "
+                           f"criterion={trained.get('criterion')}; {str(err).splitlines()[0]}); search with those "
+                           f"exits settings or retrain: {fix_supernet(self.cfg, config_path)}") from None
+        return model.to(self.device).eval()
+
+    def _fingerprint(self) -> str:
+        splits = self.splits
+        return fingerprint({
+            "checkpoint": file_digest(self.ckpt_path), "val": tensor_digest(splits.val_x, splits.val_y),
+            "criterion": self.criterion, "bn_calib_batches": self.cfg.search.bn_calib_batches,
+            "batch_size": self.cfg.data.batch_size, "seed": self.cfg.seed, "device": self.device.type,
+        })
+
+    @property
+    def splits(self) -> Any:
+        if self._splits is None:
+            self._splits = load_splits(self.cfg)
+        return self._splits
+
+    def calibration_batches(self) -> list[torch.Tensor]:
+        """Fixed un-augmented training batches at the training batch size, the same for every arch."""
+        if self._calib is None:
+            s, cfg = self.splits, self.cfg
+            n = min(len(s.train_x), cfg.search.bn_calib_batches * cfg.data.batch_size)
+            pick = torch.randperm(len(s.train_x), generator=derived_generator(cfg.seed, "bn-calib"))[:n]
+            loader = make_loader(cfg, s.train_x[pick], s.train_y[pick], self.device, train=False, seed=cfg.seed,
+                                 mean=s.mean, std=s.std)
+            loader.batch_size = cfg.data.batch_size
+            self._calib = [x for x, _ in loader]
+        return self._calib
+
+    def val_loader(self) -> Any:
+        s = self.splits
+        return make_loader(self.cfg, s.val_x, s.val_y, self.device, train=False, seed=self.cfg.seed,
+                           mean=s.mean, std=s.std)
+
+    # ------------------------------------------------------------------ Backend protocol
+    def prediction_cache(self, arch: Arch) -> BackboneCache:
+        cached = self.store.load(arch)
+        if cached is not None:
+            return cached
+        with self.timer:
+            cache = compute_cache(self.model, arch, self.calibration_batches(), self.val_loader(), self.criterion)
+        self.store.save(arch, cache)
+        return cache
+
+    def exit_macs(self, arch: Arch, exits: tuple[int, ...]) -> np.ndarray:
+        return np.asarray(self.costs.exit_costs(arch, list(exits)), dtype=np.float64)
+
+    def exit_latency(self, arch: Arch, exits: tuple[int, ...]) -> np.ndarray | None:
+        if self.latency_table is None:
+            return None
+        return np.asarray(self.latency_table.exit_costs(arch, list(exits)), dtype=np.float64)
+
+    def params(self, arch: Arch, exits: tuple[int, ...]) -> int:
+        return int(self.costs.params(arch, list(exits)))
+

@@ -1,0 +1,404 @@
+"""Search: cached scoring vs the reference decisions, genome operators, constraints, front,
+resume, infeasible runs, and (end to end on configs/tiny.yaml) cache vs the extracted network."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nachos.config import Config, load_config
+from nachos.runtime import RunError
+from search.evaluate import Constraints
+from search.front import dominates, pareto_front
+from search.genome import GenomeCodec, genome_from_record
+from search.operators import BackboneBudget, GenomeCrossover, GenomeMutation, GenomeSampling, repair_rows
+from search.run import INFEASIBLE_EXIT, Runner, run_search
+from search.scoring import BackboneCache, ExitSetScorer, refine_thresholds, score_direct, threshold_grid
+from supernet.space import Arch, SearchSpace
+
+TINY = "configs/tiny.yaml"
+
+
+class FakeBackend:
+    """Synthetic prediction caches and costs: bigger archs and later exits are more accurate and
+    cost more; a correct prediction tends to be more confident. No network, no data."""
+
+    def __init__(self, space: SearchSpace, n: int = 400, num_classes: int = 10) -> None:
+        self.space, self.n, self.C = space, n, num_classes
+        self.P = len(space.exit_positions())
+        self.labels = np.random.default_rng(0).integers(0, num_classes, n)
+        self.computed: list[str] = []
+
+    def _size(self, arch: Arch) -> float:
+        total = float(arch.final_width)
+        for s in range(len(self.space.stages)):
+            for b in range(arch.depths[s]):
+                total += arch.widths[s] * arch.kernels[s][b] * arch.expand_ratios[s][b]
+        return total
+
+    def backbone(self, arch: Arch) -> np.ndarray:
+        size = self._size(arch) * 200
+        return np.append(np.linspace(0.3, 0.9, self.P) * size, size)
+
+    def prediction_cache(self, arch: Arch) -> BackboneCache:
+        self.computed.append(arch.key())
+        rng = np.random.default_rng(int(hashlib.sha1(arch.key().encode()).hexdigest()[:8], 16))
+        quality = 0.6 + 0.4 * (1 - np.exp(-self._size(arch) / 3000))
+        accs = np.append(np.linspace(0.35, 0.75, self.P), 0.9) * quality
+        pred = np.empty((self.P + 1, self.n), np.int16)
+        conf = np.empty((self.P + 1, self.n), np.float32)
+        for p in range(self.P + 1):
+            ok = rng.random(self.n) < accs[p]
+            pred[p] = np.where(ok, self.labels, (self.labels + rng.integers(1, self.C, self.n)) % self.C)
+            conf[p] = np.where(ok, rng.beta(5, 2, self.n), rng.beta(2, 3, self.n))
+        return BackboneCache(arch.key(), pred, conf, self.labels.copy())
+
+    def exit_macs(self, arch: Arch, exits: tuple[int, ...]) -> np.ndarray:
+        bb, ids = self.backbone(arch), list(exits)
+        heads = np.cumsum(np.full(len(ids), 2e4))
+        return np.append(bb[ids] + heads, bb[-1] + (heads[-1] if ids else 0.0))
+
+    def exit_latency(self, arch: Arch, exits: tuple[int, ...]) -> None:
+        return None
+
+    def params(self, arch: Arch, exits: tuple[int, ...]) -> int:
+        return int(self._size(arch) * 10 + 1000 * len(exits))
+
+
+def fake_cfg(out: Path, *extra: str) -> Config:
+    return load_config(TINY, [f"out_dir={out}", "wandb.mode=disabled", "search.max_backbones=10",
+                              "search.generations=4", *extra], device_type="cpu")
+
+
+def fake_search(cfg: Config, resume: bool = False):
+    return run_search(cfg, resume, backend=FakeBackend(SearchSpace.from_config(cfg.space)), track=False)
+
+
+# ----------------------------------------------------------------------------- scoring
+def _random_cache(P: int, N: int, seed: int) -> BackboneCache:
+    rng = np.random.default_rng(seed)
+    conf = rng.random((P + 1, N)).astype(np.float32)
+    grid = threshold_grid(0.0, 1.0, 11).astype(np.float32)
+    conf[:, : N // 10] = rng.choice(grid, (P + 1, N // 10))  # ties exactly on grid values
+    conf[:, N // 10: N // 5] = 1.0  # saturated confidences (a threshold of 1 must still not exit)
+    labels = rng.integers(0, 10, N)
+    pred = np.where(rng.random((P + 1, N)) < 0.6, labels, rng.integers(0, 10, (P + 1, N))).astype(np.int16)
+    return BackboneCache("x", pred, conf, labels)
+
+
+@pytest.mark.parametrize("criterion", ["softmax", "entropy", "learned"])
+@pytest.mark.parametrize("max_cells", [1 << 21, 1])  # joint-histogram tables, grouped fallback
+def test_cached_scores_match_decide_exits(criterion: str, max_cells: int) -> None:
+    cache = _random_cache(P=4, N=600, seed=1)
+    grid = threshold_grid(0.0, 1.0, 11)
+    rng = np.random.default_rng(2)
+    for exits in [(), (2,), (0, 3), (0, 1, 2, 3)]:
+        costs = np.sort(rng.random(len(exits) + 1)) * 1e6
+        sc = ExitSetScorer(cache, exits, grid, criterion, costs, max_cells=max_cells)
+        J = rng.integers(0, len(grid), (60, len(exits)))
+        s = sc.score(J)
+        for b in range(len(J)):
+            acc, counts, cost = score_direct(cache, exits, grid[J[b]], criterion, costs)
+            assert s.accuracy[b] == pytest.approx(acc, abs=1e-12)
+            np.testing.assert_array_equal(s.counts[b], counts)
+            assert s.expected_cost[b] == pytest.approx(cost, rel=1e-12)
+
+
+def test_refinement_is_optimal_and_feasible() -> None:
+    cache = _random_cache(P=3, N=500, seed=3)
+    grid = threshold_grid(0.5, 1.0, 6)
+    costs = np.array([1.0, 2.0, 3.0, 4.0]) * 1e6
+    sc = ExitSetScorer(cache, (0, 1, 2), grid, "softmax", costs)
+    budget = 3.0e6
+    j, acc, cost = refine_thresholds(sc, budget)
+    everything = np.array(np.meshgrid(*[range(6)] * 3, indexing="ij")).reshape(3, -1).T
+    s = sc.score(everything)
+    feasible = s.expected_cost <= budget
+    assert cost <= budget and acc == pytest.approx(s.accuracy[feasible].max())
+    j2, acc2, cost2 = refine_thresholds(sc, budget, max_exhaustive=1)  # coordinate descent
+    assert cost2 <= budget and acc2 <= acc + 1e-12
+
+
+# ----------------------------------------------------------------------------- genome
+@pytest.mark.parametrize("exit_mode", ["stage", "block"])
+def test_genome_operators_produce_valid_genomes(exit_mode: str) -> None:
+    cfg = load_config("configs/cifar10.yaml", [f"space.exit_positions={exit_mode}"], device_type="cpu")
+    space = SearchSpace.from_config(cfg.space)
+    codec = GenomeCodec(space, 11)
+
+    class Problem:  # what the operators read from a pymoo problem
+        n_var = codec.n_var
+
+    problem = Problem()
+    problem.codec = codec
+    rng = np.random.default_rng(0)
+    X = GenomeSampling(4)._do(problem, 24, random_state=rng)
+    for _ in range(5):
+        parents = X[rng.integers(0, len(X), (2, 12))]
+        Y = GenomeCrossover(0.5)._do(problem, parents, random_state=rng).reshape(-1, codec.n_var)
+        X = GenomeMutation(0.5)._do(problem, Y, random_state=rng)
+        for x in X:
+            np.testing.assert_array_equal(codec.repair(x), x)  # canonical
+            g = codec.decode(x)
+            space.validate(g.arch)
+            assert set(g.exits) <= set(space.available_exits(g.arch)) and list(g.exits) == sorted(g.exits)
+            assert len(g.thresholds) == len(g.exits) and all(0 <= t < 11 for t in g.thresholds)
+            np.testing.assert_array_equal(codec.encode(g), x)
+    # noise in, valid genomes out
+    for x in rng.integers(-3, 12, (50, codec.n_var)):
+        g = codec.decode(x)
+        space.validate(g.arch)
+        assert set(g.exits) <= set(space.available_exits(g.arch))
+    # the backbone budget moves new archs onto admitted ones once it is full
+    budget = BackboneBudget(limit=3)
+    out = repair_rows(codec, X, budget)
+    assert len({codec.decode(x).arch for x in out}) <= 3
+
+
+# ----------------------------------------------------------------------------- search
+def _check_front(search_dir: Path, cfg: Config, backend: FakeBackend) -> list[dict]:
+    payload = json.loads((search_dir / "pareto.json").read_text())
+    front = payload["front"]
+    cons = Constraints.from_config(cfg.search)
+    space = SearchSpace.from_config(cfg.space)
+    grid = threshold_grid(cfg.search.threshold_min, cfg.search.threshold_max, cfg.search.threshold_steps)
+    for r in front:
+        g = genome_from_record(r)
+        # recompute from scratch: the reference decision rule on the synthetic cache, the cost model
+        cache = backend.prediction_cache(g.arch)
+        macs = backend.exit_macs(g.arch, g.exits)
+        acc, counts, cost = score_direct(cache, g.exits, grid[list(g.thresholds)], cfg.exits.criterion, macs)
+        assert r["accuracy"] == pytest.approx(acc) and r["expected_macs"] == pytest.approx(cost)
+        assert acc >= cons.min_accuracy and cost <= cons.max_expected_macs
+        assert cons.max_peak_macs <= 0 or macs[-1] <= cons.max_peak_macs
+        assert cons.max_params <= 0 or backend.params(g.arch, g.exits) <= cons.max_params
+        space.validate(g.arch)
+    for a in front:
+        assert not any(dominates(b, a, "expected_macs") for b in front if b is not a)
+    assert [r["expected_macs"] for r in front] == sorted(r["expected_macs"] for r in front)
+    rows = (search_dir / "pareto.csv").read_text().strip().splitlines()
+    assert len(rows) == len(front) + 1
+    return front
+
+
+def test_search_front_satisfies_constraints(tmp_path: Path) -> None:
+    cfg = fake_cfg(tmp_path, "search.max_peak_macs=4e5", "search.max_params=2e4", "search.random_baseline=true")
+    res = fake_search(cfg)
+    assert res.exit_code == 0 and res.front
+    front = _check_front(res.search_dir, cfg, FakeBackend(SearchSpace.from_config(cfg.space)))
+    # the reported front is the front of every admissible candidate evaluated
+    cands = [json.loads(line) for line in (res.search_dir / "candidates.jsonl").read_text().splitlines()]
+    main = [c for c in cands if c["algorithm"] == "nsga2"]
+    assert [r["id"] for r in front] == [r["id"] for r in pareto_front([c for c in main if c["feasible"]],
+                                                                      "expected_macs")]
+    assert len({c["key"] for c in main}) == len(main)
+    assert {c["threshold_source"] for c in main} == {"evolved", "refined"}
+    assert len({c["arch_key"] for c in main if c["scored"]}) <= cfg.search.max_backbones
+    history = json.loads((res.search_dir / "history.json").read_text())
+    hv = [h["hypervolume"] for h in history["nsga2"]["generations"]]
+    assert len(hv) == cfg.search.generations and hv == sorted(hv)
+    assert len(history["random"]["generations"]) >= 1 and res.hypervolume_random is not None
+    assert history["random"]["generations"][-1]["n_eval"] == history["nsga2"]["generations"][-1]["n_eval"]
+    assert (res.search_dir / "pareto.png").stat().st_size > 0
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = fake_search(fake_cfg(tmp_path / "full", "search.random_baseline=true"))
+    cfg = fake_cfg(tmp_path / "killed", "search.random_baseline=true")
+    original, seen = Runner.on_generation, {"n": 0}
+
+    def killed_after(self: Runner, phase, generation: int) -> None:
+        original(self, phase, generation)
+        seen["n"] += 1
+        if seen["n"] in (2, 6):  # once inside NSGA-II, once inside the random baseline
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Runner, "on_generation", killed_after)
+    for resume in (False, True):
+        with pytest.raises(KeyboardInterrupt):
+            fake_search(cfg, resume)
+    res = fake_search(cfg, True)
+    for name in ("candidates.jsonl", "pareto.json", "history.json"):
+        assert (res.search_dir / name).read_text() == (full.search_dir / name).read_text(), name
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    fake_search(fake_cfg(tmp_path, "search.generations=1"))
+    with pytest.raises(RunError, match="other settings"):
+        fake_search(fake_cfg(tmp_path, "search.generations=1", "search.min_accuracy=0.5"), resume=True)
+    with pytest.raises(RunError, match="nothing to resume"):
+        fake_search(fake_cfg(tmp_path / "none"), resume=True)
+
+
+def test_infeasible_constraints_give_a_clear_message(tmp_path: Path) -> None:
+    res = fake_search(fake_cfg(tmp_path, "search.min_accuracy=0.99", "search.generations=2"))
+    assert res.exit_code == INFEASIBLE_EXIT and not res.front
+    assert res.message.startswith("no candidate reached min_accuracy=0.99; best was 0.")
+    payload = json.loads((res.search_dir / "pareto.json").read_text())
+    assert payload["front"] == [] and len(payload["closest"]) == 5
+    assert (res.search_dir / "candidates.jsonl").stat().st_size > 0
+
+
+def test_cost_infeasible_backbones_are_never_run(tmp_path: Path) -> None:
+    cfg = fake_cfg(tmp_path, "search.max_expected_macs=2e4", "search.min_accuracy=0.0", "search.generations=2")
+    backend = FakeBackend(SearchSpace.from_config(cfg.space))
+    res = run_search(cfg, backend=backend, track=False)
+    assert res.exit_code == INFEASIBLE_EXIT and backend.computed == []
+    assert "max_expected_macs" in res.message
+
+
+def test_missing_checkpoint_names_the_fix(tmp_path: Path) -> None:
+    cfg = load_config(TINY, [f"out_dir={tmp_path}", "wandb.mode=disabled"], device_type="cpu")
+    with pytest.raises(RunError, match=r"make supernet CONFIG=configs/tiny.yaml"):
+        run_search(cfg, config_path=TINY, track=False)
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """An untrained tiny supernet: the checks below are about bookkeeping, not accuracy."""
+    from nachos.config import config_to_dict
+    from nachos.runtime import atomic_torch_save
+    from supernet.network import create_supernet
+
+    out = tmp_path_factory.mktemp("tiny")
+    cfg = load_config(TINY, [f"out_dir={out}", "wandb.mode=disabled", "data.val_subset=300",
+                             "data.train_subset=512", "search.bn_calib_batches=1", "search.population=6",
+                             "search.generations=2", "search.max_backbones=2", "search.init_backbones=2",
+                             "search.threshold_min=0.1", "search.threshold_max=0.9", "search.threshold_steps=9",
+                             "search.min_accuracy=0.01", "search.max_expected_macs=5e6"], device_type="cpu")
+    torch.manual_seed(0)
+    space = SearchSpace.from_config(cfg.space)
+    model = create_supernet(cfg)
+    for m in model.heads.modules():  # untrained heads start near-uniform: spread their confidences
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=1.0)
+    atomic_torch_save({"model": model.state_dict(), "config": config_to_dict(cfg),
+                       "space_hash": space.space_hash()}, cfg.run_dir / "best.pt")
+    from search.backend import SupernetBackend
+    backend = SupernetBackend(cfg)
+    res = run_search(cfg, backend=backend, track=False)
+    return cfg, backend, res
+
+
+@pytest.mark.slow
+def test_cache_matches_extracted_network(tiny_run) -> None:
+    from exits.policies import class_logits, decide_exits, exit_confidence
+    from supernet.bn import recalibrate_bn
+    from supernet.summary import segment_macs
+
+    cfg, backend, res = tiny_run
+    assert res.exit_code == 0 and res.front
+    crit = cfg.exits.criterion
+    grid = threshold_grid(cfg.search.threshold_min, cfg.search.threshold_max, cfg.search.threshold_steps)
+    cands = [json.loads(line) for line in (res.search_dir / "candidates.jsonl").read_text().splitlines()]
+    partial = [r for r in cands if r["exits"] and 0 < r["exit_rates"][0] < 1]  # some samples leave early
+    picked = [r for r in res.front if r["exits"]][:1] + partial[:1] + [r for r in partial if len(r["exits"]) >= 2][:1]
+    assert len(picked) == 3
+    model = backend.model
+    for r in picked:
+        g = genome_from_record(r)
+        model.set_active(g.arch)
+        calib = backend.calibration_batches()
+        recalibrate_bn(model, calib, len(calib))
+        net = model.extract(g.arch, list(g.exits)).eval()
+        outs, labels = None, []
+        with torch.no_grad():
+            for x, y in backend.val_loader():
+                o = net(x)
+                outs = o if outs is None else [torch.cat([a, b]) for a, b in zip(outs, o)]
+                labels.append(y)
+        y = torch.cat(labels)
+        conf = torch.stack([exit_confidence(o, crit) for o in outs[:-1]]) if g.exits else torch.zeros(0, len(y))
+        taken = decide_exits(conf, torch.tensor(grid[list(g.thresholds)]), crit)  # (N,) exit per sample
+        preds = torch.stack([class_logits(o, crit).argmax(-1) for o in outs])
+        pred = preds[taken, torch.arange(len(y))]
+        counts = torch.bincount(taken, minlength=len(g.exits) + 1)
+        assert r["exit_counts"] == counts.tolist()
+        assert r["accuracy"] == pytest.approx(int((pred == y).sum()) / len(y), abs=1e-12)
+        # per-sample MACs: the segments it ran plus every head it was asked at
+        segs, heads = segment_macs(net)
+        per_exit = [sum(segs[: i + 1]) + sum(heads[: i + 1]) for i in range(len(g.exits))]
+        per_exit.append(sum(segs) + sum(heads))
+        measured = np.array(per_exit, dtype=np.float64)[taken.numpy()].mean()
+        assert r["expected_macs"] == pytest.approx(measured, rel=1e-9)
+        assert r["peak_macs"] == pytest.approx(per_exit[-1], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_tiny_search_outputs_and_cache_reuse(tiny_run) -> None:
+    cfg, backend, res = tiny_run
+    for name in ("candidates.jsonl", "pareto.json", "pareto.csv", "history.json", "pareto.png", "summary.json"):
+        assert (res.search_dir / name).is_file(), name
+    assert res.backbones <= cfg.search.max_backbones
+    assert len(list((res.search_dir / "cache").glob("*.npz"))) == len(backend.timer.seconds)
+    computed = len(backend.timer.seconds)
+    again = run_search(cfg, resume=True, backend=backend, track=False)  # finished: only the outputs again
+    assert len(backend.timer.seconds) == computed
+    assert [r["key"] for r in again.front] == [r["key"] for r in res.front]
+    # a cache file from another checkpoint is recomputed, never trusted
+    arch = Arch.from_dict(res.front[0]["arch"])
+    cache = backend.store.load(arch)
+    assert cache is not None
+    backend.store.fp, fp = "other", backend.store.fp
+    assert backend.store.load(arch) is None
+    backend.store.fp = fp
+
+
+@pytest.mark.slow
+def test_incompatible_checkpoint_or_table_names_the_fix(tiny_run, tmp_path: Path) -> None:
+    import shutil
+
+    from search.backend import SupernetBackend
+    from supernet.costs import MacTable
+
+    cfg, _, _ = tiny_run
+    other = load_config(TINY, [f"out_dir={tmp_path}", "wandb.mode=disabled", "data.val_subset=300",
+                               "data.train_subset=512"], device_type="cpu")
+    other.run_dir.mkdir(parents=True)
+    shutil.copy(cfg.run_dir / "best.pt", other.run_dir / "best.pt")
+    space = SearchSpace.from_config(other.space)
+    MacTable(space, {"head": "nachos", "head_width": 64, "criterion": "softmax"}, "macs",
+             path=other.run_dir / "macs.json").save()
+    with pytest.raises(RunError, match="nachos macs build"):
+        SupernetBackend(other, TINY)
+    (other.run_dir / "macs.json").unlink()
+    with pytest.raises(RunError, match="nachos macs build --metric latency"):
+        SupernetBackend(load_config(TINY, [f"out_dir={tmp_path}", "search.metric=latency"], device_type="cpu"), TINY)
+    wider = load_config(TINY, [f"out_dir={tmp_path}", "space.final_widths=[64,256]"], device_type="cpu")
+    with pytest.raises(RunError, match=r"trained on search space .*make supernet CONFIG=configs/tiny.yaml"):
+        SupernetBackend(wider, TINY)
+
+
+def test_wandb_offline_logs_hypervolume_and_front(tmp_path: Path) -> None:
+    from nachos.tracking import read_offline_history
+
+    cfg = fake_cfg(tmp_path, "wandb.mode=offline", "search.generations=2")
+    run_search(cfg, backend=FakeBackend(SearchSpace.from_config(cfg.space)), track=True)
+    rows = read_offline_history(sorted((cfg.run_dir / "wandb").glob("offline-run-*"))[-1])
+    hv = [r["search/nsga2/hypervolume"] for r in rows if "search/nsga2/hypervolume" in r]
+    assert len(hv) == 2 and hv[0] <= hv[1]
+    assert any("search/nsga2/front/_type" in r or "search/nsga2/front" in r for r in rows)
+    assert any(k.startswith("search/admissible") for r in rows for k in r)
+
+
+def test_random_alone_and_latency_objective(tmp_path: Path) -> None:
+    res = fake_search(fake_cfg(tmp_path / "random", "search.algorithm=random", "search.generations=2"))
+    assert res.algorithm == "random" and res.front and res.hypervolume_random is None
+    history = json.loads((res.search_dir / "history.json").read_text())
+    assert list(history) == ["random"] and history["random"]["generations"][-1]["n_eval"] == 32
+
+    class LatencyBackend(FakeBackend):  # latency not proportional to MACs: later exits are cheap
+        def exit_latency(self, arch: Arch, exits: tuple[int, ...]) -> np.ndarray:
+            return np.sqrt(self.exit_macs(arch, exits)) * 1e-6
+
+    cfg = fake_cfg(tmp_path / "latency", "search.metric=latency", "search.generations=2")
+    res = run_search(cfg, backend=LatencyBackend(SearchSpace.from_config(cfg.space)), track=False)
+    lat = [r["expected_latency"] for r in res.front]
+    assert res.front and lat == sorted(lat)
+    assert all(r["expected_macs"] <= cfg.search.max_expected_macs for r in res.front)  # constraints stay on MACs
+    assert json.loads((res.search_dir / "pareto.json").read_text())["cost_key"] == "expected_latency"
