@@ -383,3 +383,17 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
             text += f" ({' / '.join(map(str, allowed))})"
         rows.append((key, repr(default), text))
     return rows
+
+
+def reference_markdown() -> str:
+    """The README's configuration table: ``python -m nachos.config``."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, text in describe():
+        if len(default) > 40:
+            default = default[:37] + "..."
+        lines.append(f"| `{key}` | `{default}` | {text.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

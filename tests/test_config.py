@@ -103,3 +103,9 @@ def test_cli_names_the_bad_key_and_fails():
     assert proc.returncode != 0
     assert "nosuchkey" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_readme_documents_every_config_key():
+    readme = (REPO / "README.md").read_text()
+    missing = [key for key, _, _ in describe() if f"`{key}`" not in readme]
+    assert not missing, f"README's configuration reference lacks {missing}"
