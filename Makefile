@@ -11,7 +11,7 @@ CONFIG ?= configs/cifar10.yaml
 ARGS   ?=
 NACHOS := $(BIN)/nachos
 
-.PHONY: install data supernet search export eval report bench test clean
+.PHONY: install data supernet search export eval baseline report bench test clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ export: install
 
 eval: install
 	$(NACHOS) eval --config $(CONFIG) $(ARGS)
+
+baseline: install
+	$(NACHOS) baseline --config $(CONFIG) $(ARGS)
 
 report: install
 	$(NACHOS) report --config $(CONFIG) $(ARGS)

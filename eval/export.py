@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.onnx_runner import MANIFEST, OnnxEarlyExitRunner, read_manifest, verified_file
+from eval.onnx_runner import MANIFEST, OnnxEarlyExitRunner, read_manifest, sha256_file, verified_file
 from eval.runtime import EarlyExitModel, build_model, script_model
 from exits.policies import decide_exits_np
 from nachos.config import Config, config_to_dict
@@ -63,14 +63,6 @@ Record = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- small helpers
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def config_hash(cfg: Config) -> str:
     text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

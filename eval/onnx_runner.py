@@ -24,7 +24,7 @@ from nachos.runtime import RunError
 MANIFEST = "arch.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
@@ -54,7 +54,7 @@ def verified_file(folder: Path, manifest: dict[str, Any], name: str) -> Path:
     if not path.is_file():
         raise RunError(f"export file {path} is missing; re-export with make export CONFIG=...")
     expected = manifest.get("files", {}).get(name)
-    if expected is not None and _sha256(path) != expected:
+    if expected is not None and sha256_file(path) != expected:
         raise RunError(f"export file {path} is damaged (its SHA-256 differs from the one in {folder / MANIFEST}); "
                        "re-export with make export CONFIG=...")
     return path

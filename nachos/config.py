@@ -156,6 +156,14 @@ class ExportConfig:
                              "(0 = skip)")
     latency_warmup: int = _f(20, lo=0, help="eval: untimed batch-1 calls before the latency measurement")
     ece_bins: int = _f(15, lo=2, hi=100, help="eval: equal-width confidence bins of the expected calibration error")
+    baselines: str = _f("front", choices=("front", "backbones", "hand"),
+                        help="baseline: static networks trained from scratch without exits: the admissible front's "
+                        "backbones, the hand-designed MBConv network of the space, or both (front)")
+    max_baselines: int = _f(4, lo=1, help="baseline: front backbones trained at most (spread along the front)")
+    baseline_epochs: int = _f(0, lo=0, help="baseline: training epochs (0 = the run's train.epochs)")
+    report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
+                                "next to the config's run (e.g. [mnist])")
+    report_dir: str = _f("docs", help="report: folder of RESULTS.md and its results_<name>.png plots")
 
 
 @dataclass

@@ -28,15 +28,6 @@ def _cfg(name: str, *overrides: str):
     return load_config(ROOT / "configs" / name, list(overrides), device_type="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # batch-1 forwards of tiny modules only lose to intra-op threads on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cifar() -> ElasticSupernet:
     torch.manual_seed(0)

@@ -43,15 +43,6 @@ def _spread_heads(model: torch.nn.Module, std: float = 0.5) -> None:
             torch.nn.init.normal_(m.weight, std=std)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors gain nothing from intra-op threads on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _split_thresholds(conf: torch.Tensor, criterion: str, shares: list[float]) -> list[float]:
     """Thresholds letting about ``shares[i]`` of the samples still running leave at exit i."""
     from exits.policies import exit_scores

@@ -47,16 +47,6 @@ def _max_diff(a: list, b: list) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    # threads waiting on each other made this module 10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cifar() -> ElasticSupernet:
     torch.manual_seed(0)

@@ -1,0 +1,373 @@
+"""``nachos baseline``: static networks (no early exit) trained from scratch, the networks a user
+would pick instead of a searched early-exit network.
+
+    nachos baseline --config configs/cifar10.yaml [export.baselines=front|backbones|hand]
+                    [export.max_baselines=4] [export.baseline_epochs=0]
+
+Which networks (``export.baselines``):
+
+- ``backbones``: the distinct backbones of the run's admissible Pareto front
+  (``<run_dir>/search/pareto.json``), at most ``export.max_baselines`` of them spread evenly
+  along the front by expected MACs, each trained ALONE without exit heads. Against the search's
+  inherited-weight accuracy of the same backbone this measures how well weight sharing ranks
+  subnets; against the early-exit solution it measures what the exits buy.
+- ``hand``: one hand-designed plain MBConv network of the run's space (``hand_designed_arch``).
+  In the default CIFAR-10 space (configs/cifar10.yaml) it is
+  ``w16[k3e1] w24[k3e3,k3e3] w32[k3e3,k3e3] w48[k3e3,k3e3] w64[k3e3,k3e3] f128``:
+  2,394,746 MACs and 155,418 parameters by the calibrated table (``supernet.costs.MacTable``),
+  about NACHOS's published 2.43 M budget.
+- ``front`` (default): both.
+
+The recipe is the supernet's (``supernet.train``) with the run's own saved config
+(``<run_dir>/config.yaml``): SGD with Nesterov momentum (or AdamW), ``train.lr``, weight decay
+not on BN and biases, per-iteration cosine schedule with linear warm-up (timm), label
+smoothing, gradient clipping, the same ``TensorLoader`` augmentation and batch size,
+channels_last, bf16 autocast on GPU. Epochs: ``export.baseline_epochs``, 0 = the run's
+``train.epochs``. Evaluated on the validation split and on the test split (``export.test_subset``
+as ``nachos eval`` uses it, so baselines and exports see the same test images).
+
+Writes ``<run_dir>/baselines/<tag>.json`` (atomic) and the checkpoint ``<tag>.pt`` after every
+epoch; a rerun resumes an unfinished baseline from its checkpoint and skips finished ones.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from nachos.config import Config, ConfigError, config_to_dict, load_config
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, resolve_device, rng_state,
+                            seed_everything, set_rng_state)
+from supernet.space import Arch, SearchSpace
+
+FORMAT = "nachos-baseline"
+VERSION = 1
+HAND_TAG = "hand"
+# train settings that do not change what a baseline learns (so they may differ on resume)
+_NON_RECIPE_TRAIN = ("resume", "log_every", "compile", "n_random", "kd_temperature", "kd_loss", "bn_calib_batches")
+
+
+# ----------------------------------------------------------------------------- which networks
+def hand_designed_arch(space: SearchSpace) -> Arch:
+    """A plain MobileNetV2-style network of ``space``: the first stage one block without expansion
+    (its smallest depth and expand ratio), every later stage the depth nearest 2 with expand ratio
+    nearest 3; 3x3 kernels (the smallest choice), the smallest widths and final width. A rule rather
+    than a literal, so that every space (tiny, MNIST, own data) has one."""
+
+    def nearest(choices: tuple[int, ...], target: int) -> int:
+        return min(choices, key=lambda c: (abs(c - target), c))
+
+    depths, kernels, ratios, widths = [], [], [], []
+    for i, st in enumerate(space.stages):
+        d = st.depths[0] if i == 0 else nearest(st.depths, 2)
+        e = st.expand_ratios[0] if i == 0 else nearest(st.expand_ratios, 3)
+        depths.append(d)
+        kernels.append((st.kernels[0],) * st.max_depth)
+        ratios.append((e,) * st.max_depth)
+        widths.append(st.widths[0])
+    return space.validate(Arch(tuple(depths), tuple(kernels), tuple(ratios), tuple(widths), space.final_widths[0]))
+
+
+def spread(items: list[Any], k: int) -> list[Any]:
+    """At most ``k`` of ``items`` (sorted by cost), evenly spaced, both ends included."""
+    if len(items) <= k:
+        return list(items)
+    if k == 1:
+        return [items[-1]]
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(items) - 1, k)})
+    return [items[i] for i in picks]
+
+
+def front_backbones(front: list[dict[str, Any]], k: int) -> list[tuple[Arch, list[dict[str, Any]]]]:
+    """Distinct archs of an admissible front (ordered by the expected MACs of their cheapest
+    solution), each with the front records that use it; at most ``k``, spread along the front."""
+    by_key: dict[str, tuple[Arch, list[dict[str, Any]]]] = {}
+    for rec in sorted(front, key=lambda r: r["expected_macs"]):
+        arch = Arch.from_dict(rec["arch"])
+        by_key.setdefault(arch.key(), (arch, []))[1].append(rec)
+    return spread(list(by_key.values()), k)
+
+
+def choose_baselines(cfg: Config, mode: str, k: int) -> list[tuple[str, Arch, dict[str, Any]]]:
+    """(tag, arch, origin) of every baseline that ``export.baselines=mode`` asks for."""
+    space = SearchSpace.from_config(cfg.space)
+    out: list[tuple[str, Arch, dict[str, Any]]] = []
+    if mode in ("front", "backbones"):
+        path = cfg.run_dir / "search" / "pareto.json"
+        try:
+            front = json.loads(path.read_text()).get("front", []) if path.is_file() else []
+        except (OSError, ValueError, AttributeError) as err:
+            raise RunError(f"search result {path} is damaged ({err}); rerun the search (make search)") from None
+        if not front:
+            why = "no search result" if not path.is_file() else "an empty admissible front"
+            msg = f"{path}: {why}, so there are no front backbones to train"
+            if mode == "backbones":
+                raise RunError(msg + "; run the search first (make search), or use export.baselines=hand")
+            print(f"note: {msg}; training the hand-designed baseline only", file=sys.stderr)
+        for arch, recs in front_backbones(front, k):
+            space.validate(arch)
+            out.append((f"backbone-{arch.key()}", arch, {
+                "kind": "front backbone", "arch_key": arch.key(),
+                "solutions": [{"id": r.get("id"), "algorithm": r.get("algorithm"), "exits": r.get("exits"),
+                               "accuracy_val": r.get("accuracy"), "expected_macs": r.get("expected_macs")}
+                              for r in recs]}))
+    if mode in ("front", "hand"):
+        arch = hand_designed_arch(space)
+        if any(a == arch for _, a, _ in out):  # already trained under its backbone tag
+            print(f"note: the hand-designed network {arch} is a front backbone too", file=sys.stderr)
+            return out
+        out.append((HAND_TAG, arch, {"kind": "hand-designed", "arch_key": arch.key(),
+                                     "rule": "first stage 1 block e=min; later stages depth~2, e~3; k=min; "
+                                             "smallest widths and final width"}))
+    return out
+
+
+# ----------------------------------------------------------------------------- configs
+def run_config(cfg: Config, run_dir: Path | None = None) -> Config:
+    """The run's saved config (``<run_dir>/config.yaml``, the settings it was trained with), with
+    ``cfg``'s machine-specific fields (device, threads, data location, export, wandb, out_dir).
+
+    The saved file is already resolved, so its ``profiles`` block is dropped: applied again it
+    would undo command-line overrides of the original run (e.g. train.epochs)."""
+    run_dir = cfg.run_dir if run_dir is None else Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return dataclasses.replace(cfg, name=run_dir.name, out_dir=str(run_dir.parent))
+    try:
+        stored = yaml.safe_load(path.read_text()) or {}
+        stored = {k: v for k, v in stored.items() if k != "profiles"}
+        saved = load_config(None, stored, device_type="cpu")
+    except (ConfigError, yaml.YAMLError, OSError) as err:
+        raise RunError(f"cannot read the run's config {path} ({err})") from None
+    data = saved.data
+    if cfg.data.root:
+        data = dataclasses.replace(data, root=cfg.data.root)
+    data = dataclasses.replace(data, cache_dir=cfg.data.cache_dir)
+    return dataclasses.replace(saved, name=run_dir.name, out_dir=str(run_dir.parent), device=cfg.device,
+                               num_threads=cfg.num_threads, deterministic=cfg.deterministic, data=data,
+                               export=cfg.export, wandb=cfg.wandb)
+
+
+def recipe(cfg: Config) -> dict[str, Any]:
+    """What determines a baseline's training, for the result file and the resume check."""
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _NON_RECIPE_TRAIN}
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("root", "cache_dir", "download")}
+    return {"train": train, "data": data, "space": dataclasses.asdict(cfg.space), "seed": cfg.seed}
+
+
+def _fingerprint(cfg: Config, arch: Arch, epochs: int) -> str:
+    text = json.dumps({"recipe": recipe(cfg), "arch": arch.to_dict(), "epochs": epochs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def mac_table(cfg: Config) -> tuple[Any, str]:
+    """The run's MACs table when it has one, else an in-memory table that measures just the
+    entries asked for (the whole table takes about a minute to build)."""
+    from supernet.costs import MacTable, TableMismatchError
+
+    path = cfg.run_dir / "macs.json"
+    space = SearchSpace.from_config(cfg.space)
+    if path.is_file():
+        try:
+            return MacTable.load(path, space, cfg.exits), str(path)
+        except TableMismatchError:
+            pass
+    return MacTable(space, cfg.exits), "table entries measured now (ptflops)"
+
+
+# ----------------------------------------------------------------------------- training
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, loader: Any, memory_format: torch.memory_format,
+             autocast: Callable[[], Any]) -> tuple[float, int]:
+    model.eval()
+    hits = torch.zeros((), dtype=torch.int64)
+    n = 0
+    for xb, yb in loader:
+        with autocast():
+            logits = model(xb.contiguous(memory_format=memory_format))[-1]
+        hits += (logits.float().argmax(1) == yb).sum().cpu()
+        n += len(yb)
+    return (float(hits) / n if n else float("nan")), n
+
+
+def _autocast(device: torch.device, enabled: bool) -> Callable[[], Any]:
+    if device.type == "cuda" and enabled:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | Path, *,
+                 origin: dict[str, Any] | None = None, resume: bool = True) -> dict[str, Any]:
+    """Train ``arch`` without exits from scratch with the supernet's recipe; evaluate on val and
+    test; write ``<out_dir>/<tag>.json`` (returned) and the checkpoint ``<tag>.pt``."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from tqdm import tqdm
+
+    from eval.evaluate import test_order
+    from nachos.data import load_splits, make_loader
+    from supernet.costs import count_params, device_name, profile_exit_costs
+    from supernet.static import StaticEENet
+
+    tc = cfg.train
+    out_dir = ensure_dir(out_dir)
+    json_path, ckpt_path = out_dir / f"{tag}.json", out_dir / f"{tag}.pt"
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    autocast = _autocast(device, tc.amp)
+    space = SearchSpace.from_config(cfg.space)
+    space.validate(arch)
+    fp = _fingerprint(cfg, arch, epochs)
+
+    splits = load_splits(cfg)
+    mean, std = splits.mean, splits.std
+    loader = make_loader(cfg, splits.train_x, splits.train_y, device, train=True, seed=cfg.seed, mean=mean, std=std)
+    model = StaticEENet.from_config(cfg.space, cfg.exits, arch, []).to(device).to(memory_format=memory_format)
+    optimizer = create_optimizer_v2(model, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=tc.lr,
+                                    weight_decay=tc.weight_decay, momentum=tc.momentum)
+    steps_per_epoch = len(loader)
+    total_steps = max(1, epochs * steps_per_epoch)
+    warmup_steps = min(round(tc.warmup_epochs * steps_per_epoch), total_steps - 1)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=tc.lr * 1e-3,
+                                  warmup_t=warmup_steps, warmup_lr_init=tc.lr * 0.01, warmup_prefix=True,
+                                  t_in_epochs=False)
+
+    step, start_epoch, seconds, history = 0, 0, 0.0, []
+    if resume and ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as err:  # a truncated file raises many kinds of errors; it is only a cache
+            print(f"note: ignoring unreadable baseline checkpoint {ckpt_path} ({type(err).__name__})", file=sys.stderr)
+            ckpt = None
+        if ckpt is not None and ckpt.get("fingerprint") == fp:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            loader.load_state_dict(ckpt["loader"])
+            set_rng_state(ckpt["rng"])
+            step, start_epoch, seconds, history = ckpt["step"], ckpt["epoch"], ckpt["seconds"], ckpt["history"]
+            print(f"resuming baseline {tag} at epoch {start_epoch}/{epochs}", file=sys.stderr)
+
+    def save(epoch: int) -> None:
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": rng_state(),
+                           "step": step, "epoch": epoch, "seconds": seconds, "history": history,
+                           "fingerprint": fp, "arch": arch.to_dict(), "config": config_to_dict(cfg)}, ckpt_path)
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        hits = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        for xb, yb in tqdm(loader, desc=f"{tag} epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
+                           disable=not sys.stderr.isatty()):
+            scheduler.step_update(step)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                logits = model(xb.contiguous(memory_format=memory_format))[-1].float()
+            loss = F.cross_entropy(logits, yb, label_smoothing=tc.label_smoothing)
+            if not torch.isfinite(loss):
+                raise RunError(f"baseline {tag}: non-finite loss at step {step} (epoch {epoch + 1}); lower train.lr "
+                               "or raise train.warmup_epochs")
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            step += 1
+            loss_sum += loss.detach().double() * len(yb)
+            hits += (logits.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+        elapsed = time.perf_counter() - t0
+        seconds += elapsed
+        history.append({"epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1),
+                        "train_accuracy": float(hits) / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": elapsed})
+        save(epoch + 1)
+        print(f"baseline {tag} epoch {epoch + 1}/{epochs}: train loss {history[-1]['train_loss']:.4f}, "
+              f"train accuracy {history[-1]['train_accuracy']:.4f}, {elapsed:.0f} s", file=sys.stderr, flush=True)
+
+    t_eval = time.perf_counter()
+    val_loader = make_loader(cfg, splits.val_x, splits.val_y, device, train=False, seed=cfg.seed, mean=mean, std=std)
+    order = test_order(splits.test_y, splits.num_classes, cfg.export.test_subset, cfg.seed)
+    test_loader = make_loader(cfg, splits.test_x[order], splits.test_y[order], device, train=False, seed=cfg.seed,
+                              mean=mean, std=std)
+    val_acc, n_val = accuracy(model, val_loader, memory_format, autocast)
+    test_acc, n_test = accuracy(model, test_loader, memory_format, autocast)
+    eval_seconds = time.perf_counter() - t_eval
+
+    table, table_source = mac_table(cfg)
+    macs = table.peak_cost(arch, [])
+    params = table.params(arch, [])
+    static = StaticEENet.from_config(cfg.space, cfg.exits, arch, []).eval()
+    profiled = float(profile_exit_costs(static)[-1])
+    result: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "tag": tag, "run": cfg.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "origin": origin or {"kind": "custom", "arch_key": arch.key()},
+        "arch": arch.to_dict(), "arch_str": str(arch), "arch_key": arch.key(), "exits": [],
+        "epochs": epochs, "steps": step, "train_images": len(splits.train_y),
+        "val_accuracy": val_acc, "val_images": n_val, "test_accuracy": test_acc, "test_images": n_test,
+        "test_subset": cfg.export.test_subset,
+        "dataset": cfg.data.name, "macs": float(macs), "macs_profiled": profiled, "macs_source": table_source,
+        "params": int(params), "params_counted": count_params(model),
+        "train_seconds": seconds, "eval_seconds": eval_seconds, "device": device_name(device),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "history": history,
+        "recipe": recipe(cfg), "fingerprint": fp,
+    }
+    if (cfg.run_dir / "config.yaml").is_file():
+        result["command"] = f"nachos baseline --config {cfg.run_dir / 'config.yaml'} export.baseline_epochs={epochs}"
+    atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def finished(path: Path, cfg: Config, arch: Arch, epochs: int) -> dict[str, Any] | None:
+    """The result at ``path`` when it was trained with this recipe, arch and epochs."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("fingerprint") == _fingerprint(cfg, arch, epochs) else None
+
+
+def baseline_command(cfg: Config, args: Any) -> int:
+    """``nachos baseline``: train the static baselines ``export.baselines`` names (see module doc)."""
+    run = run_config(cfg)
+    epochs = cfg.export.baseline_epochs or run.train.epochs
+    if epochs < 1:
+        raise RunError("the run's train.epochs is 0; set export.baseline_epochs=N")
+    chosen = choose_baselines(run, cfg.export.baselines, cfg.export.max_baselines)
+    out_dir = run.run_dir / "baselines"
+    print(f"{len(chosen)} static baseline(s) of run {run.name}, {epochs} epochs each, on "
+          f"{resolve_device(run.device)} -> {out_dir}/", file=sys.stderr)
+    for tag, arch, origin in chosen:
+        result = finished(out_dir / f"{tag}.json", run, arch, epochs)
+        if result is None:
+            result = train_static(run, arch, epochs, tag, out_dir, origin=origin)
+        else:
+            print(f"{tag}: already trained ({out_dir / (tag + '.json')})", file=sys.stderr)
+        print(f"  {tag}: test accuracy {result['test_accuracy']:.4f}, val {result['val_accuracy']:.4f}, "
+              f"{result['macs'] / 1e6:.3f} M MACs, {result['params']:,} params, {result['train_seconds']:.0f} s "
+              f"({result['origin']['kind']}: {result['arch_str']})")
+    print(f"write the results report with: nachos report --config <config> name={run.name}")
+    return 0
+
+
+__all__ = ["hand_designed_arch", "choose_baselines", "front_backbones", "run_config", "train_static",
+           "baseline_command"]
