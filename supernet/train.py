@@ -1,0 +1,652 @@
+"""``nachos supernet``: one-shot sandwich training of the elastic supernet and its exit heads.
+
+Every step trains a *sandwich* of subnets on the same batch (BigNAS): the largest, the
+smallest and ``train.n_random`` random ones, gradients summed over all of them, then one
+optimizer step. The largest learns from the labels (label smoothing, dropout); every other
+subnet learns from the largest's final logits (in-place distillation). Every subnet also trains
+all its candidate exits (their mean loss, CE + distillation from its own final classifier), plus
+NACHOS's learned-confidence terms when ``exits.criterion=learned``.
+
+Single process, or ``torchrun`` for data parallelism: every rank samples the same subnets and
+trains on its own shard of each batch. Rank 0 logs to W&B and writes ``runs/<name>/``:
+``config.yaml``, ``last.pt`` (every epoch, and on Ctrl-C / SIGTERM), ``best.pt`` (largest
+subnet's validation accuracy) and ``metrics.json``. ``--resume`` continues exactly where
+``last.pt`` stopped (same RNG streams, same schedule, mid-epoch included).
+
+    python -m supernet.train --config configs/cifar10.yaml train.epochs=3 [--resume]
+    torchrun --nproc_per_node=2 -m supernet.train --config configs/cifar10.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from tqdm import tqdm
+
+from exits import losses as exit_losses
+from exits.policies import class_logits, exit_confidence
+from nachos.config import Config, config_to_dict, load_config, save_config
+from nachos.data import TensorLoader, balanced_pick, derived_generator, load_splits, make_loader
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, resolve_device,
+                            rng_state, seed_everything, set_rng_state)
+from nachos.tracking import Tracker
+from supernet.bn import recalibrate_bn
+from supernet.network import create_supernet
+from supernet.space import Arch, SearchSpace
+
+CHECKPOINT = "last.pt"
+BEST = "best.pt"
+SIGNAL_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (possibly one-process) data-parallel run."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(cfg: Config) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun describes in the environment (nccl on GPU, gloo on CPU)."""
+    device = resolve_device(cfg.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world), device
+
+
+def all_reduce_grads(params: list[nn.Parameter], ddp: Dist) -> None:
+    """Average gradients over ranks in one flat all-reduce.
+
+    Not DDP's wrapper: each sandwich member touches a different subset of the shared weights and
+    several forward/backward passes share one optimizer step, which DDP's bucket hooks and unused-
+    parameter detection handle poorly. Every rank runs the same subnets, so the set of parameters
+    with a gradient is the same on every rank and the flat buffers line up.
+    """
+    if not ddp.active:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ddp.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def all_reduce_mean(values: torch.Tensor, ddp: Dist) -> torch.Tensor:
+    if ddp.active:
+        dist.all_reduce(values)
+        values /= ddp.world
+    return values
+
+
+# ----------------------------------------------------------------------------- sandwich
+def sandwich(space: SearchSpace, n_random: int, seed: int, step: int) -> list[tuple[str, Arch]]:
+    """The subnets trained at ``step``: a pure function of (seed, step), so every rank and every
+    resumed run draws the same ones without sharing any RNG state."""
+    rng = random.Random(f"sandwich:{seed}:{step}")
+    members = [("largest", space.largest()), ("smallest", space.smallest())]
+    members += [(f"random_{k}", space.sample(rng)) for k in range(n_random)]
+    return members
+
+
+def inplace_distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, kind: str) -> torch.Tensor:
+    """Soft targets from the largest subnet: KL, or AlphaNet's adaptive alpha-divergence."""
+    if kind == "kl":
+        return exit_losses.distill_kl(student, teacher, temperature)
+    return alpha_divergence(student.float() / temperature, teacher.detach().float() / temperature)
+
+
+def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, alpha_min: float = -1.0, alpha_max: float = 1.0,
+                     iw_clip: float = 5.0) -> torch.Tensor:
+    """AlphaNet (Wang et al. 2021): per sample, the larger of D_{alpha_min} and D_{alpha_max}.
+
+    KL alone lets a small student over- or under-estimate the teacher's uncertainty; taking the
+    worse of a mass-covering and a mode-seeking divergence penalises both. Gradients go through
+    the student's log-probabilities only, with clipped importance weights (stability).
+    """
+    q_log = F.log_softmax(student, dim=-1)
+    q, p = q_log.exp().detach(), F.softmax(teacher, dim=-1)
+    ratio = p / q
+
+    def divergence(alpha: float) -> torch.Tensor:
+        if abs(alpha) < 1e-3:
+            ratio_c = ratio.clamp(0, iw_clip)
+            f, rho = -ratio_c.log(), ratio_c.log() - 1.0
+            base = 0.0
+        elif abs(alpha - 1.0) < 1e-3:
+            f, rho, base = ratio * ratio.log(), ratio, 0.0
+        else:
+            iw = ratio.pow(alpha).clamp(0, iw_clip)
+            base = 1.0 / alpha / (alpha - 1.0)
+            f, rho = iw / alpha / (alpha - 1.0), iw / alpha + base
+        value = (q * (f - base)).sum(-1).detach()
+        surrogate = -(q * rho * q_log).sum(-1)  # its gradient is the divergence's
+        return value + (surrogate - surrogate.detach())  # the divergence's value, the surrogate's gradient
+
+    left, right = divergence(alpha_min), divergence(alpha_max)
+    return torch.where(left.detach() > right.detach(), left, right).mean()
+
+
+# ----------------------------------------------------------------------------- exit costs
+class ExitCosts:
+    """Cumulative MACs of leaving at each candidate exit of an arch, then at the final classifier,
+    as (E + 1,) tensors for the learned criterion's MACs regulariser.
+
+    Read from the calibrated table of ``supernet.costs`` (``runs/<name>/macs.json``, built on first
+    use and shared with search), which sums exact per-module ptflops counts.
+    """
+
+    def __init__(self, cfg: Config, space: SearchSpace, ddp: Dist = Dist()) -> None:
+        from supernet.costs import MacTable
+
+        self.space = space
+        if ddp.main:  # rank 0 builds and saves the table; the others then read it
+            self.table = MacTable.from_config(cfg)
+        if ddp.active:
+            dist.barrier()
+        if not ddp.main:
+            self.table = MacTable.from_config(cfg)
+        self.cache: dict[Arch, torch.Tensor] = {}
+
+    def __call__(self, arch: Arch) -> torch.Tensor:
+        if arch not in self.cache:  # the largest and smallest recur every step
+            costs = self.table.exit_costs(arch, self.space.available_exits(arch))
+            self.cache[arch] = torch.as_tensor(costs, dtype=torch.float32)
+        return self.cache[arch]
+
+
+# ----------------------------------------------------------------------------- support set
+class SupportSet:
+    """NACHOS's support set: a class-balanced share of train, redrawn every epoch after the first.
+
+    Each step, each subnet measures its exits' per-class accuracy S on one batch of it (no grad),
+    and the support term pulls each sample's confidences towards S[y]. Batches are drawn from a
+    generator seeded by (seed, step), so a resumed run sees the same ones.
+    """
+
+    def __init__(self, cfg: Config, x: torch.Tensor, y: torch.Tensor, mean: tuple[float, ...],
+                 std: tuple[float, ...], device: torch.device) -> None:
+        self.cfg, self.x, self.y, self.device = cfg, x, y, device
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.index = torch.empty(0, dtype=torch.long)
+
+    def redraw(self, epoch: int) -> None:
+        n = max(self.cfg.space.num_classes, round(self.cfg.exits.support_fraction * len(self.y)))
+        self.index = balanced_pick(self.y, n, self.cfg.space.num_classes,
+                                   derived_generator(self.cfg.seed, f"support:{epoch}"))
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = derived_generator(self.cfg.seed, f"support-batch:{step}")
+        n = min(self.cfg.data.batch_size, len(self.index))
+        pick = self.index[torch.randperm(len(self.index), generator=gen)[:n]]
+        x = (self.x[pick].to(self.device).float() / 255.0 - self.mean) / self.std
+        return x, self.y[pick].to(self.device)
+
+
+@torch.no_grad()
+def support_matrix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """S[k, i]: accuracy of the active subnet's exit i on the support samples of class k."""
+    outs = [o for o in model(x)[:-1] if o is not None]
+    correct = torch.stack([class_logits(o, "learned").argmax(-1) == y for o in outs])
+    return exit_losses.support_accuracy(correct, y, num_classes)
+
+
+# ----------------------------------------------------------------------------- one member
+@dataclass
+class MemberResult:
+    loss: torch.Tensor  # detached total
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    final_logits: torch.Tensor | None = None
+
+
+def member_loss(model: nn.Module, arch: Arch, x: torch.Tensor, y: torch.Tensor,
+                teacher: torch.Tensor | None, cfg: Config, costs: ExitCosts | None,
+                support: SupportSet | None, step: int, autocast: Any) -> tuple[torch.Tensor, MemberResult]:
+    """Forward one sandwich member and return its loss (with graph) and what to log."""
+    tc, ec = cfg.train, cfg.exits
+    learned = ec.criterion == "learned"
+    S = None
+    if learned and support is not None and ec.w_support > 0:
+        xs, ys = support.batch(step)
+        with autocast():
+            S = support_matrix(model, xs, ys, cfg.space.num_classes)
+    with autocast():
+        outs = model(x)
+    exit_ids = [i for i, o in enumerate(outs[:-1]) if o is not None]  # positions this arch has
+    exits, final = [outs[i].float() for i in exit_ids], outs[-1].float()
+    if teacher is None:  # the largest: the labels, with regularisation
+        main = F.cross_entropy(final, y, label_smoothing=tc.label_smoothing)
+    else:
+        main = inplace_distill_loss(final, teacher, tc.kd_temperature, tc.kd_loss)
+    ex = exit_losses.exit_loss(exits, final, y, w_ce=ec.w_ce, w_distill=ec.w_distill,
+                               temperature=tc.kd_temperature, criterion=ec.criterion)
+    # The exits share one unit of weight (their mean, not their sum): with block-level positions a
+    # subnet has a dozen heads, and even four summed swamp the final classifier's gradient in the
+    # shared backbone (85% of the largest's loss on CIFAR-10 in the first epochs).
+    loss = main + ex["total"] / max(1, len(exits))
+    terms = {"final": main.detach()}
+    terms.update({f"exit_{pos}/loss": ex[f"exit_{j}/loss"] for j, pos in enumerate(exit_ids)})
+    if learned and exits:
+        lt = exit_losses.learned_exit_terms(
+            exits, y, final_logits=final, costs=None if costs is None else costs(arch), max_macs=ec.max_macs,
+            support=S, w_cls=ec.w_cls, w_bce=ec.w_bce, w_macs=0.0 if costs is None else ec.w_macs,
+            w_support=ec.w_support)
+        loss = loss + lt["total"]
+        terms.update({f"learned/{k}": v for k, v in lt.items() if k != "total"})
+    return loss, MemberResult(loss.detach(), terms, final.detach() if teacher is None else None)
+
+
+# ----------------------------------------------------------------------------- validation
+def calibration_batches(cfg: Config, x: torch.Tensor, y: torch.Tensor, mean: tuple[float, ...],
+                        std: tuple[float, ...], device: torch.device) -> list[torch.Tensor]:
+    """Fixed un-augmented training batches for BN recalibration (the same every epoch)."""
+    n = min(len(x), cfg.train.bn_calib_batches * cfg.data.batch_size)
+    pick = torch.randperm(len(x), generator=derived_generator(cfg.seed, "bn-calib"))[:n]
+    # BN statistics at the training batch size, not the (larger) evaluation one
+    loader = TensorLoader(x[pick], y[pick], cfg.data.batch_size, mean=mean, std=std, device=device)
+    return [xb for xb, _ in loader]
+
+
+def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
+    edges = torch.linspace(0, 1, bins + 1, device=conf.device)
+    which = torch.bucketize(conf.clamp(0, 1), edges[1:-1])
+    ece = conf.new_zeros(())
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            ece += inside.float().mean() * (conf[inside].mean() - correct[inside].float().mean()).abs()
+    return float(ece)
+
+
+@torch.no_grad()
+def evaluate_subnet(model: nn.Module, space: SearchSpace, arch: Arch, calib: list[torch.Tensor], val_loader: Any,
+                    cfg: Config, autocast: Any) -> dict[str, float]:
+    """Accuracy of every exit and the final classifier after BN recalibration (ECE when learned)."""
+    model.set_active(arch)
+    with autocast():
+        recalibrate_bn(model, calib, len(calib))
+    model.eval()
+    hits: list[torch.Tensor] = []
+    confs: list[list[torch.Tensor]] = []
+    corrects: list[list[torch.Tensor]] = []
+    count = 0
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    for xb, yb in val_loader:
+        with autocast():
+            outs = model(xb.contiguous(memory_format=memory_format))
+        outs = [o.float() for o in outs if o is not None]
+        right = [class_logits(o, cfg.exits.criterion if i < len(outs) - 1 else "softmax").argmax(-1) == yb
+                 for i, o in enumerate(outs)]
+        batch_hits = torch.stack([r.sum() for r in right])
+        hits.append(batch_hits)
+        count += len(yb)
+        if cfg.exits.criterion == "learned":
+            confs.append([exit_confidence(o, "learned") for o in outs[:-1]])
+            corrects.append(right[:-1])
+    acc = (torch.stack(hits).sum(0).float() / max(count, 1)).tolist()
+    exit_ids = space.available_exits(arch)
+    out = {f"exit_{k}": a for k, a in zip(exit_ids, acc[:-1])}
+    out["final"] = acc[-1]
+    if confs:
+        for j, k in enumerate(exit_ids):
+            out[f"exit_{k}_ece"] = expected_calibration_error(torch.cat([c[j] for c in confs]),
+                                                              torch.cat([r[j] for r in corrects]))
+    return out
+
+
+def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.named_buffers()
+            if k.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))}
+
+
+def validate(model: nn.Module, space: SearchSpace, subnets: dict[str, Arch], calib: list[torch.Tensor],
+             val_loader: Any, cfg: Config, autocast: Any) -> dict[str, float]:
+    """Score the fixed subnets without disturbing training: the shared BN statistics, the
+    train/eval mode and every RNG stream are restored afterwards."""
+    saved = bn_buffers(model)
+    was_training = model.training
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    metrics: dict[str, float] = {}
+    with torch.random.fork_rng(devices=devices):
+        for name, arch in subnets.items():
+            for k, v in evaluate_subnet(model, space, arch, calib, val_loader, cfg, autocast).items():
+                metrics[f"val/{name}/{k}"] = v
+    with torch.no_grad():
+        buffers = dict(model.named_buffers())
+        for k, v in saved.items():
+            buffers[k].copy_(v)
+    model.train(was_training)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any, step: int,
+                     epoch: int, best: float, cfg: Config, space: SearchSpace, rng: dict | None = None) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "loader": loader.state_dict(), "rng": rng if rng is not None else rng_state(), "step": step,
+            "epoch": epoch, "best": best, "config": config_to_dict(cfg), "space_hash": space.space_hash()}
+
+
+def load_checkpoint(path: Path, space: SearchSpace) -> dict:
+    """Read a checkpoint for resuming, refusing one trained on another search space."""
+    if not path.is_file():
+        raise RunError(f"cannot resume: no checkpoint at {path}; start without --resume, or check name= and out_dir=")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file raises many kinds of errors
+        raise RunError(f"cannot read checkpoint {path}: {err}") from None
+    theirs, ours = ckpt.get("space_hash"), space.space_hash()
+    if theirs != ours:
+        raise RunError(f"checkpoint {path} was trained on search space {theirs}, but this config's space is {ours}; "
+                       "use a new run name (name=...) to train this space, or resume with the config the run "
+                       f"was started with ({path.parent / 'config.yaml'})")
+    return ckpt
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag; the loop saves at the next step boundary and exits 130 / 143.
+    A second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
+              "(signal again to quit without saving)", file=sys.stderr, flush=True)
+
+    def install(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNAL_CODES:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+# ----------------------------------------------------------------------------- training
+def _autocast_factory(device: torch.device, enabled: bool) -> Callable[[], Any]:
+    if device.type == "cuda" and enabled:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _first_non_finite(values: list[float], names: list[str]) -> str | None:
+    for name, v in zip(names, values):
+        if not math.isfinite(v):
+            return name
+    return None
+
+
+def train_supernet(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Train the supernet of ``cfg``; returns the final validation metrics (and ``exit_code``)."""
+    ddp, device = setup_distributed(cfg)
+    try:
+        return _train(cfg, resume, ddp, device)
+    finally:
+        if ddp.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[str, Any]:
+    tc = cfg.train
+    seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = cfg.run_dir
+    if ddp.main:
+        ensure_dir(run_dir)
+
+    # channels_last helps on CPU too: oneDNN's depthwise and 1x1 convs run ~1.7x faster in NHWC
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+
+    # data: each rank trains on its slice of every (shared-seed) batch
+    splits = load_splits(cfg)
+    mean, std = splits.mean, splits.std
+    loader = make_loader(cfg, splits.train_x, splits.train_y, device, train=True, seed=cfg.seed, mean=mean, std=std)
+    val_loader = make_loader(cfg, splits.val_x, splits.val_y, device, train=False, seed=cfg.seed, mean=mean, std=std)
+    calib = calibration_batches(cfg, splits.train_x, splits.train_y, mean, std, device) if ddp.main else []
+    calib = [xb.contiguous(memory_format=memory_format) for xb in calib]
+    learned = cfg.exits.criterion == "learned"
+    support = SupportSet(cfg, splits.train_x, splits.train_y, mean, std, device) if learned else None
+
+    # model, optimizer (no weight decay on BN and biases), per-iteration cosine schedule with warm-up
+    space = SearchSpace(cfg.space)
+    model = create_supernet(cfg).to(device, memory_format=memory_format)
+    if ddp.active:  # identical start on every rank, whatever the local RNG did
+        for t in model.state_dict().values():
+            dist.broadcast(t, 0)
+    forward = torch.compile(model) if tc.compile else model
+    optimizer = create_optimizer_v2(model, opt=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay,
+                                    momentum=tc.momentum)  # timm's "sgd" is nesterov
+    steps_per_epoch = len(loader)
+    total_steps = max(1, tc.epochs * steps_per_epoch)
+    warmup_steps = min(round(tc.warmup_epochs * steps_per_epoch), total_steps - 1)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=tc.lr * 1e-3,
+                                  warmup_t=warmup_steps, warmup_lr_init=tc.lr * 0.01, warmup_prefix=True,
+                                  t_in_epochs=False)
+    costs = ExitCosts(cfg, space, ddp) if learned and cfg.exits.w_macs > 0 else None
+    autocast = _autocast_factory(device, tc.amp)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    step, start_epoch, best = 0, 0, -1.0
+    if resume:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT, space)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        loader.load_state_dict(ckpt["loader"])
+        set_rng_state(ckpt["rng"])
+        step, start_epoch, best = ckpt["step"], ckpt["epoch"], ckpt["best"]
+        if ddp.main:
+            print(f"resuming {run_dir / CHECKPOINT}: epoch {start_epoch}, step {step}", file=sys.stderr)
+    if ddp.main:  # only now: a refused resume must not overwrite the run's own config
+        save_config(cfg, run_dir / "config.yaml")
+
+    val_subnets = {"largest": space.largest(), "smallest": space.smallest(),
+                   "random": space.sample(random.Random(f"val-subnet:{cfg.seed}"))}
+    tracker = Tracker(cfg, run_dir, "supernet", enabled=ddp.main)
+    stop = StopRequest().install()
+    arch_digest = hashlib.sha1()
+    metrics: dict[str, Any] = {}
+
+    def save(path: Path, rng: dict | None = None, epoch: int | None = None) -> None:
+        if ddp.main:
+            atomic_torch_save(checkpoint_state(model, optimizer, scheduler, loader, step,
+                                               start_epoch if epoch is None else epoch, best, cfg, space, rng), path)
+
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            start_epoch = epoch  # what a mid-epoch checkpoint records
+            model.train()
+            if support is not None and epoch > 0:
+                support.redraw(epoch)
+            active_support = support if support is not None and epoch > 0 else None
+            pos = loader.state_dict()["pos"] if loader.epoch > epoch else 0  # > 0 when resumed mid-epoch
+            seen, t_log, stopping = 0, time.perf_counter(), False
+            bar = tqdm(total=steps_per_epoch, initial=pos,
+                       desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not ddp.main, leave=False, dynamic_ncols=True)
+            batches = iter(loader)
+            while True:
+                # step boundary: every rank agrees on whether to stop (signals reach ranks at different times)
+                rng_before, loader_before = rng_state(), loader.state_dict()
+                try:
+                    xb, yb = next(batches)
+                except StopIteration:
+                    break
+                if ddp.active:
+                    xb, yb = xb[ddp.rank::ddp.world], yb[ddp.rank::ddp.world]
+                xb = xb.contiguous(memory_format=memory_format)
+                scheduler.step_update(step)
+                members = sandwich(space, tc.n_random, cfg.seed, step)
+                for _, arch in members:
+                    arch_digest.update(arch.to_json().encode())
+
+                optimizer.zero_grad(set_to_none=True)
+                results: list[MemberResult] = []
+                teacher = None
+                for name, arch in members:
+                    model.set_active(arch)
+                    loss, res = member_loss(forward, arch, xb, yb, teacher, cfg, costs, active_support,
+                                            step, autocast)
+                    loss.backward()
+                    if teacher is None:
+                        teacher = res.final_logits
+                    results.append(res)
+                all_reduce_grads(params, ddp)
+                if tc.grad_clip > 0:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+
+                # one host sync per step: member losses (averaged over ranks) and the stop flag
+                stop_flag = torch.tensor(float(stop.signum is not None), device=device)
+                synced = all_reduce_mean(torch.stack([r.loss.float() for r in results] + [stop_flag]), ddp).tolist()
+                member_values, stop_signal = synced[:-1], synced[-1] > 0
+                bad = _first_non_finite(member_values, [n for n, _ in members])
+                if bad is not None:
+                    # params and optimizer are still the last good state: this step's update was not applied
+                    loader.load_state_dict(loader_before)
+                    save(run_dir / CHECKPOINT, rng=rng_before)
+                    raise RunError(f"non-finite loss at step {step} (epoch {epoch + 1}) in subnet {bad!r} "
+                                   f"({dict(members)[bad]}); the last good state is saved in {run_dir / CHECKPOINT}. "
+                                   "Lower train.lr, raise train.warmup_epochs or set train.grad_clip")
+                optimizer.step()
+                step += 1
+                pos += 1
+                seen += len(yb) * ddp.world
+                bar.update()
+
+                if ddp.main and (step % tc.log_every == 0 or step == 1):
+                    elapsed = time.perf_counter() - t_log
+                    log = {f"train/loss/{n}": v for (n, _), v in zip(members, member_values)}
+                    log["train/loss"] = sum(member_values)
+                    for key in {k for r in results for k in r.terms}:
+                        vals = [r.terms[key] for r in results if key in r.terms]
+                        log[f"train/{key}"] = float(torch.stack(vals).float().mean())
+                    log["train/lr"] = optimizer.param_groups[0]["lr"]
+                    if tc.grad_clip > 0:
+                        log["train/grad_norm"] = float(grad_norm)
+                    log["perf/images_per_s"] = seen / max(elapsed, 1e-9)
+                    log["epoch"] = epoch + pos / steps_per_epoch
+                    tracker.log(log, step=step)
+                    bar.set_postfix(loss=f"{log['train/loss']:.3f}", lr=f"{log['train/lr']:.3g}",
+                                    img_s=f"{log['perf/images_per_s']:.0f}")
+                    seen, t_log = 0, time.perf_counter()
+
+                if stop_signal:
+                    stopping = True
+                    break
+            bar.close()
+            if stopping and pos < steps_per_epoch:  # mid-epoch: the loader state says where to go on
+                save(run_dir / CHECKPOINT)
+            elif ddp.main:  # end of epoch: validate (rank 0; the others wait), checkpoint, log
+                metrics = validate(model, space, val_subnets, calib, val_loader, cfg, autocast)
+                largest_acc = metrics["val/largest/final"]
+                is_best = largest_acc > best
+                best = max(best, largest_acc)
+                save(run_dir / CHECKPOINT, epoch=epoch + 1)
+                if is_best:
+                    save(run_dir / BEST, epoch=epoch + 1)
+                tracker.log({**metrics, "epoch": epoch + 1}, step=step)
+                print(f"epoch {epoch + 1}/{tc.epochs}: " + "  ".join(
+                    f"{n} {metrics[f'val/{n}/final']:.4f}" for n in val_subnets), file=sys.stderr, flush=True)
+            if ddp.active:
+                dist.barrier()
+            if stopping:
+                code = SIGNAL_CODES.get(stop.signum or signal.SIGTERM, 130)
+                if ddp.main:
+                    print(f"stopped at step {step}; continue with --resume", file=sys.stderr)
+                return {**metrics, "step": step, "epoch": epoch, "interrupted": True, "exit_code": code}
+
+        digests = _gather_digests(arch_digest.hexdigest(), ddp)
+        if ddp.main:
+            if len(set(digests)) != 1:
+                raise RunError(f"ranks sampled different subnets (digests {digests}); this is a bug")
+            final = {**metrics, "step": step, "epochs": tc.epochs, "best_largest": best, "arch_digests": digests,
+                     "space_hash": space.space_hash()}
+            atomic_write_text(run_dir / "metrics.json", json.dumps(final, indent=2))
+            tracker.summary({k: v for k, v in final.items() if isinstance(v, (int, float))})
+        return {**metrics, "step": step, "best_largest": best, "arch_digests": digests, "exit_code": 0}
+    finally:
+        stop.uninstall()
+        tracker.finish()
+
+
+def _gather_digests(digest: str, ddp: Dist) -> list[str]:
+    if not ddp.active:
+        return [digest]
+    out: list[Any] = [None] * ddp.world
+    dist.all_gather_object(out, digest)
+    return [str(d) for d in out]
+
+
+# ----------------------------------------------------------------------------- entry points
+def supernet_command(cfg: Config, args: argparse.Namespace) -> int:
+    """``nachos supernet [--resume]``."""
+    result = train_supernet(cfg, resume=bool(getattr(args, "resume", False)) or cfg.train.resume)
+    return int(result.get("exit_code", 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nachos.cli import DEFAULT_CONFIG
+    from nachos.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="python -m supernet.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        return supernet_command(cfg, args)
+    except (ConfigError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Sandwich training end to end on a tiny space: learning, exact resume, refusals, NaN stop, DDP, W&B."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import supernet.train as train
+from nachos.config import Config, load_config
+from nachos.runtime import RunError
+from nachos.tracking import read_offline_history
+from supernet.space import SearchSpace
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+STEPS_PER_EPOCH = 10  # 1,000 images in batches of 100
+
+
+def tiny_cfg(out: Path, name: str = "run", **overrides: object) -> Config:
+    base: dict[str, object] = {
+        "out_dir": str(out), "name": name, "device": "cpu", "deterministic": True, "num_threads": 1,
+        "data.cache_dir": str(REPO / "data" / "cache"), "data.train_subset": 1000, "data.val_subset": 200,
+        "data.batch_size": 100, "data.eval_batch_size": 200, "train.epochs": 2, "train.lr": 0.1,
+        "train.warmup_epochs": 0.2, "train.log_every": 1, "wandb.mode": "disabled",
+    }
+    base.update(overrides)
+    return load_config(TINY, base, device_type="cpu")
+
+
+def model_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, dict]:
+    """Two epochs in one go, logged to an offline W&B run: the reference the other tests compare with."""
+    cfg = tiny_cfg(tmp_path_factory.mktemp("runs"), "straight", **{"wandb.mode": "offline"})
+    return cfg, train.train_supernet(cfg)
+
+
+def test_two_epochs_learn_and_log_to_wandb(straight: tuple[Config, dict]) -> None:
+    cfg, result = straight
+    assert result["exit_code"] == 0 and result["step"] == 2 * STEPS_PER_EPOCH
+    run_dir = cfg.run_dir
+    for name in ("last.pt", "best.pt", "config.yaml", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    ckpt = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 20
+    assert ckpt["space_hash"] == SearchSpace(cfg.space).space_hash()
+    assert {"model", "optimizer", "scheduler", "loader", "rng", "config"} <= set(ckpt)
+
+    [offline] = list((run_dir / "wandb").glob("offline-run-*"))
+    rows = read_offline_history(offline)
+    steps = [r for r in rows if "train/loss" in r]
+    epochs = [r for r in rows if "val/largest/final" in r]
+    assert len(steps) == 20 and len(epochs) == 2
+    for key in ("train/loss/largest", "train/loss/smallest", "train/loss/random_0", "train/exit_0/loss",
+                "train/lr", "perf/images_per_s"):
+        assert key in steps[-1], key
+    for member in ("largest", "smallest", "random"):
+        for key in ("exit_0", "exit_1", "final"):
+            assert 0.0 <= epochs[-1][f"val/{member}/{key}"] <= 1.0
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    losses = [r["train/loss/largest"] for r in steps]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
+    assert max(r["train/lr"] for r in steps) == pytest.approx(0.1, rel=0.05)  # warm-up reached the peak
+    assert steps[-1]["train/lr"] < 0.02  # and the cosine brought it down
+
+
+def test_interrupt_and_resume_is_exact(straight: tuple[Config, dict], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM mid-epoch 1 -> checkpoint, exit 143 -> --resume -> the same weights as the straight run."""
+    cfg, _ = straight
+    cfg2 = tiny_cfg(tmp_path, "resumed")
+    real = train.sandwich
+
+    def sandwich_then_signal(space, n_random, seed, step):
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # lands mid-step; the step finishes, then the run saves
+        return real(space, n_random, seed, step)
+
+    monkeypatch.setattr(train, "sandwich", sandwich_then_signal)
+    assert train.supernet_command(cfg2, argparse.Namespace(resume=False)) == 143
+    ckpt = torch.load(cfg2.run_dir / "last.pt", map_location="cpu", weights_only=False)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["loader"]["pos"]) == (7, 0, 7)
+    monkeypatch.setattr(train, "sandwich", real)
+    assert signal.getsignal(signal.SIGTERM) is not None  # handlers were put back
+
+    result = train.train_supernet(cfg2, resume=True)
+    assert result["exit_code"] == 0 and result["step"] == 20
+    ours, ref = model_state(cfg2.run_dir), model_state(cfg.run_dir)
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(ours[k], ref[k]), k
+
+
+def test_resume_at_epoch_boundary_is_exact(straight: tuple[Config, dict], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """One epoch, stop, resume for the second: identical to two epochs straight."""
+    cfg, _ = straight
+    cfg2 = tiny_cfg(tmp_path, "boundary")
+    real = train.sandwich
+
+    def stop_at_epoch_end(space, n_random, seed, step):
+        if step == STEPS_PER_EPOCH - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(space, n_random, seed, step)
+
+    monkeypatch.setattr(train, "sandwich", stop_at_epoch_end)
+    first = train.train_supernet(cfg2)
+    assert first["exit_code"] == 130 and "val/largest/final" in first  # the finished epoch was validated
+    assert torch.load(cfg2.run_dir / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(train, "sandwich", real)
+    train.train_supernet(cfg2, resume=True)
+    ours, ref = model_state(cfg2.run_dir), model_state(cfg.run_dir)
+    for k in ref:
+        assert torch.equal(ours[k], ref[k]), k
+
+
+def test_checkpoint_from_another_space_is_refused(straight: tuple[Config, dict]) -> None:
+    cfg, _ = straight
+    config_before = (cfg.run_dir / "config.yaml").read_text()
+    other = tiny_cfg(Path(cfg.out_dir), "straight", **{"space.final_widths": [64, 96]})
+    ours, theirs = SearchSpace(other.space).space_hash(), SearchSpace(cfg.space).space_hash()
+    with pytest.raises(RunError) as err:
+        train.train_supernet(other, resume=True)
+    text = str(err.value)
+    assert ours in text and theirs in text and "name=" in text
+    assert (cfg.run_dir / "config.yaml").read_text() == config_before  # the run's own config is untouched
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="no checkpoint"):
+        train.train_supernet(tiny_cfg(tmp_path, "never-ran"), resume=True)
+
+
+def test_nan_loss_stops_with_a_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_cfg(tmp_path, "nan", **{"train.epochs": 1})
+    real = train.inplace_distill_loss
+    calls = {"n": 0}
+
+    def poisoned(student, teacher, temperature, kind):
+        calls["n"] += 1  # two distilled members per step (smallest, random_0): call 8 = step 3's random_0
+        out = real(student, teacher, temperature, kind)
+        return out * float("nan") if calls["n"] == 8 else out
+
+    monkeypatch.setattr(train, "inplace_distill_loss", poisoned)
+    with pytest.raises(RunError, match=r"step 3 .*'random_0'"):
+        train.train_supernet(cfg)
+    ckpt = train.load_checkpoint(cfg.run_dir / "last.pt", SearchSpace(cfg.space))
+    assert ckpt["step"] == 3 and ckpt["loader"]["pos"] == 3  # the failed step is not counted
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    monkeypatch.setattr(train, "inplace_distill_loss", real)
+    assert train.train_supernet(cfg, resume=True)["step"] == STEPS_PER_EPOCH  # and it resumes from there
+
+
+def test_two_process_gloo_run_agrees_on_archs(tmp_path: Path) -> None:
+    overrides = {"out_dir": str(tmp_path), "name": "ddp", "device": "cpu", "num_threads": 1,
+                 "data.cache_dir": str(REPO / "data" / "cache"), "data.train_subset": 400, "data.val_subset": 100,
+                 "data.batch_size": 100, "train.epochs": 1, "train.bn_calib_batches": 1, "wandb.mode": "disabled"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "supernet.train", "--config", str(TINY), *(f"{k}={v}" for k, v in overrides.items())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # its own session, so that a hang kills torchrun's workers too rather than orphaning them
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"the 2-process run hung:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert len(metrics["arch_digests"]) == 2 and len(set(metrics["arch_digests"])) == 1
+    assert metrics["step"] == 4
+    assert (tmp_path / "ddp" / "last.pt").is_file()
+
+
+def test_sandwich_is_a_function_of_seed_and_step() -> None:
+    space = SearchSpace(tiny_cfg(Path("/tmp")).space)
+    a = train.sandwich(space, 2, seed=0, step=5)
+    assert a == train.sandwich(space, 2, seed=0, step=5)
+    assert [n for n, _ in a] == ["largest", "smallest", "random_0", "random_1"]
+    assert a[0][1] == space.largest() and a[1][1] == space.smallest()
+    draws = {train.sandwich(space, 1, seed=0, step=s)[2][1] for s in range(20)}
+    assert len(draws) > 10  # random members change from step to step
+
+
+def test_alpha_divergence_is_zero_at_the_teacher_and_pulls_towards_it() -> None:
+    teacher = torch.tensor([[2.0, 0.0, -1.0]])
+    assert train.alpha_divergence(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.zeros(1, 3, requires_grad=True)
+    train.alpha_divergence(student, teacher).backward()
+    assert student.grad[0, 0] < 0 < student.grad[0, 2]  # gradient descent raises class 0, lowers class 2
+
+
+class Recorder:
+    """Stands in for the W&B tracker: keeps every logged row in memory."""
+
+    rows: list[dict] = []
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        Recorder.rows = []
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        Recorder.rows.append({**metrics, "_step": step})
+
+    def summary(self, values: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def test_learned_criterion_trains_with_the_nachos_terms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train, "Tracker", Recorder)
+    cfg = tiny_cfg(tmp_path, "learned", **{"exits.criterion": "learned", "exits.max_macs": 3e5,
+                                           "data.train_subset": 400, "data.val_subset": 100})
+    result = train.train_supernet(cfg)
+    assert result["exit_code"] == 0
+    steps = [r for r in Recorder.rows if "train/loss" in r]
+    first_epoch, second_epoch = steps[:4], steps[4:]
+    for r in steps:
+        assert {"train/learned/cls", "train/learned/bce", "train/learned/macs"} <= set(r)
+    # the support set is drawn from the second epoch on
+    assert not any("train/learned/support" in r for r in first_epoch)
+    assert all("train/learned/support" in r for r in second_epoch)
+    assert max(r["train/learned/macs"] for r in steps) > 0  # the tiny largest (1.8 M MACs) is over 0.3 M
+    for member in ("largest", "smallest", "random"):
+        assert 0.0 <= result[f"val/{member}/exit_0_ece"] <= 1.0
+
+
+def test_exit_costs_are_cumulative_and_match_ptflops(tmp_path: Path) -> None:
+    from supernet.costs import profile_exit_costs
+
+    cfg = tiny_cfg(tmp_path, "costs", **{"exits.criterion": "learned"})
+    space = SearchSpace(cfg.space)
+    costs = train.ExitCosts(cfg, space)
+    big, small = costs(space.largest()), costs(space.smallest())
+    assert len(big) == len(space.available_exits(space.largest())) + 1
+    assert (big[1:] > big[:-1]).all() and (small[1:] > small[:-1]).all()
+    assert (big > small).all()
+    model = train.create_supernet(cfg)
+    reference = profile_exit_costs(model.extract(space.largest()))
+    assert big.tolist() == pytest.approx(reference.tolist())
+    assert costs(space.largest()) is big  # cached per arch
