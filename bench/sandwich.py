@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> None:
 
     space = SearchSpace(cfg.space)
     model = create_supernet(cfg).to(device, memory_format=memory_format).train()
-    members = sandwich(space, cfg.train.n_random, cfg.seed, step=0)
+    members = sandwich(space, max(1, cfg.train.n_random), cfg.seed, step=0)  # at least one random subnet
     statics = [model.extract(arch).to(device, memory_format=memory_format).train() for _, arch in members]
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     static_opts = [torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True) for net in statics]

@@ -84,7 +84,7 @@ class ExitsConfig:
     head_width: int = _f(64, lo=8, help="hidden width of the light head")
     criterion: str = _f("softmax", choices=("softmax", "entropy", "learned"),
                         help="exit confidence: max softmax, 1 - normalised entropy, or NACHOS's learned output")
-    w_ce: float = _f(1.0, lo=0.0, help="weight of the exits' cross-entropy")
+    w_ce: float = _f(1.0, lo=0.0, help="weight of the exits' cross-entropy (exit losses are averaged over a subnet's exits)")
     w_distill: float = _f(1.0, lo=0.0, help="weight of distillation from the final classifier")
     w_cls: float = _f(1.0, lo=0.0, help="learned criterion: weight of the confidence-weighted CE (NACHOS's L_cls)")
     w_bce: float = _f(1.0, lo=0.0, help="learned criterion: weight of the class-balanced BCE term")
@@ -246,6 +246,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `export.select=3` arrives as a YAML number
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 

@@ -602,26 +602,30 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                     print(f"stopped at step {step}; continue with --resume", file=sys.stderr)
                 return {**metrics, "step": step, "epoch": epoch, "interrupted": True, "exit_code": code}
 
-        digests = _gather_digests(arch_digest.hexdigest(), ddp)
+        # every rank must have drawn the same subnets and, through the averaged gradients, hold the same weights
+        param_sum = float(sum(p.detach().double().sum() for p in params))
+        digests, checksums = zip(*_gather((arch_digest.hexdigest(), param_sum), ddp))
         if ddp.main:
-            if len(set(digests)) != 1:
-                raise RunError(f"ranks sampled different subnets (digests {digests}); this is a bug")
-            final = {**metrics, "step": step, "epochs": tc.epochs, "best_largest": best, "arch_digests": digests,
+            if len(set(digests)) != 1 or len(set(checksums)) != 1:
+                raise RunError(f"ranks disagree (subnet digests {digests}, weight checksums {checksums}); "
+                               "this is a bug")
+            final = {**metrics, "step": step, "epochs": tc.epochs, "best_largest": best,
+                     "arch_digests": list(digests), "param_checksums": list(checksums),
                      "space_hash": space.space_hash()}
             atomic_write_text(run_dir / "metrics.json", json.dumps(final, indent=2))
             tracker.summary({k: v for k, v in final.items() if isinstance(v, (int, float))})
-        return {**metrics, "step": step, "best_largest": best, "arch_digests": digests, "exit_code": 0}
+        return {**metrics, "step": step, "best_largest": best, "arch_digests": list(digests), "exit_code": 0}
     finally:
         stop.uninstall()
         tracker.finish()
 
 
-def _gather_digests(digest: str, ddp: Dist) -> list[str]:
+def _gather(value: Any, ddp: Dist) -> list[Any]:
     if not ddp.active:
-        return [digest]
+        return [value]
     out: list[Any] = [None] * ddp.world
-    dist.all_gather_object(out, digest)
-    return [str(d) for d in out]
+    dist.all_gather_object(out, value)
+    return out
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -78,6 +78,7 @@ def test_override_values_parse_as_yaml_and_index_lists():
     assert cfg.search.max_expected_macs == 2.7e6
     assert cfg.data.augment.hflip is False
     assert cfg.name == "x"
+    assert load_config(CIFAR, ["export.select=3"], device_type="cpu").export.select == "3"
     with pytest.raises(ConfigError, match="not an index"):
         load_config(CIFAR, ["space.stages.99.stride=1"], device_type="cpu")
     with pytest.raises(ConfigError, match="no '='"):

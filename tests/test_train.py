@@ -180,6 +180,8 @@ def test_two_process_gloo_run_agrees_on_archs(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert len(metrics["arch_digests"]) == 2 and len(set(metrics["arch_digests"])) == 1
+    # averaged gradients keep the replicas' weights bit-identical
+    assert len(metrics["param_checksums"]) == 2 and len(set(metrics["param_checksums"])) == 1
     assert metrics["step"] == 4
     assert (tmp_path / "ddp" / "last.pt").is_file()
 
