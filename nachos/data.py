@@ -18,6 +18,7 @@ import pickle
 import sys
 import tarfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -205,7 +206,11 @@ def _decode_bytes(data: bytes, channels: int, where: str) -> torch.Tensor:
 
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+        # torchvision 0.29 warns on every call that decoding moves to torchcodec; it still
+        # works, and 60,000 identical warnings would bury everything else a run prints
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
     except RuntimeError as err:
         raise RunError(f"cannot decode image {where}: {err}") from None
 
