@@ -474,7 +474,8 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     autocast = _autocast_factory(device, tc.amp)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    step, start_epoch, best = 0, 0, -1.0
+    step, start_epoch, best, seconds_before = 0, 0, -1.0, 0.0
+    t_start = time.perf_counter()
     if resume:
         ckpt = load_checkpoint(run_dir / CHECKPOINT, space)
         model.load_state_dict(ckpt["model"])
@@ -483,6 +484,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
         loader.load_state_dict(ckpt["loader"])
         set_rng_state(ckpt["rng"])
         step, start_epoch, best = ckpt["step"], ckpt["epoch"], ckpt["best"]
+        seconds_before = ckpt.get("seconds", 0.0)  # wall time of earlier sessions, for the cost report
         if ddp.main:
             print(f"resuming {run_dir / CHECKPOINT}: epoch {start_epoch}, step {step}", file=sys.stderr)
     if ddp.main:  # only now: a refused resume must not overwrite the run's own config
@@ -497,8 +499,10 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
 
     def save(path: Path, rng: dict | None = None, epoch: int | None = None) -> None:
         if ddp.main:
-            atomic_torch_save(checkpoint_state(model, optimizer, scheduler, loader, step,
-                                               start_epoch if epoch is None else epoch, best, cfg, space, rng), path)
+            state = checkpoint_state(model, optimizer, scheduler, loader, step,
+                                     start_epoch if epoch is None else epoch, best, cfg, space, rng)
+            state["seconds"] = seconds_before + time.perf_counter() - t_start
+            atomic_torch_save(state, path)
 
     try:
         for epoch in range(start_epoch, tc.epochs):
@@ -610,6 +614,8 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                 raise RunError(f"ranks disagree (subnet digests {digests}, weight checksums {checksums}); "
                                "this is a bug")
             final = {**metrics, "step": step, "epochs": tc.epochs, "best_largest": best,
+                     "seconds": seconds_before + time.perf_counter() - t_start, "device": str(device),
+                     "world_size": ddp.world,
                      "arch_digests": list(digests), "param_checksums": list(checksums),
                      "space_hash": space.space_hash()}
             atomic_write_text(run_dir / "metrics.json", json.dumps(final, indent=2))

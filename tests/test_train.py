@@ -55,6 +55,9 @@ def test_two_epochs_learn_and_log_to_wandb(straight: tuple[Config, dict]) -> Non
     assert ckpt["epoch"] == 2 and ckpt["step"] == 20
     assert ckpt["space_hash"] == SearchSpace(cfg.space).space_hash()
     assert {"model", "optimizer", "scheduler", "loader", "rng", "config"} <= set(ckpt)
+    # the cost report reads the training wall time and device from here
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["device"] == "cpu" and 0 < metrics["seconds"] <= ckpt["seconds"] + 5
 
     [offline] = list((run_dir / "wandb").glob("offline-run-*"))
     rows = read_offline_history(offline)
