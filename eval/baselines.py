@@ -99,6 +99,30 @@ def front_backbones(front: list[dict[str, Any]], k: int) -> list[tuple[Arch, lis
     return spread(list(by_key.values()), k)
 
 
+def scored_backbones(cfg: Config, k: int) -> list[tuple[str, Arch, dict[str, Any]]]:
+    """At most ``k`` of the backbones the search scored from inherited weights, spread over their
+    MACs, up to the size the search seeds from (``search.init_max_macs_ratio`` x the MAC budget):
+    a spread of sizes, unlike a front that may sit on one backbone, for the rank correlation of
+    inherited vs from-scratch accuracy."""
+    from search.report import read_candidates
+
+    path = cfg.run_dir / "search" / "candidates.jsonl"
+    if not path.is_file():
+        raise RunError(f"{path}: no search candidates, so no scored backbones; run the search first (make search)")
+    archs = {}
+    for rec in read_candidates(path):
+        if rec.get("scored"):
+            arch = Arch.from_dict(rec["arch"])
+            archs[arch.key()] = arch
+    table = mac_table(cfg)[0]
+    costed = sorted((float(table.backbone_costs(a)[-1]), key, a) for key, a in archs.items())
+    cap = cfg.search.init_max_macs_ratio * cfg.search.max_expected_macs
+    if cap > 0:
+        costed = [c for c in costed if c[0] <= cap]
+    return [(f"backbone-{key}", arch, {"kind": "scored backbone", "arch_key": key})
+            for _, key, arch in spread(costed, k)]
+
+
 def choose_baselines(cfg: Config, mode: str, k: int) -> list[tuple[str, Arch, dict[str, Any]]]:
     """(tag, arch, origin) of every baseline that ``export.baselines=mode`` asks for."""
     space = SearchSpace.from_config(cfg.space)
@@ -122,6 +146,8 @@ def choose_baselines(cfg: Config, mode: str, k: int) -> list[tuple[str, Arch, di
                 "solutions": [{"id": r.get("id"), "algorithm": r.get("algorithm"), "exits": r.get("exits"),
                                "accuracy_val": r.get("accuracy"), "expected_macs": r.get("expected_macs")}
                               for r in recs]}))
+    if mode == "scored":
+        out += scored_backbones(cfg, k)
     if mode in ("front", "hand"):
         arch = hand_designed_arch(space)
         if any(a == arch for _, a, _ in out):  # already trained under its backbone tag

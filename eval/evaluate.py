@@ -1,6 +1,7 @@
 """``nachos eval [EXPORT_DIR]``: an exported early-exit model on the TEST split.
 
     nachos eval runs/cifar10/export/nsga2-0147          # one export
+    nachos eval --supernet                              # the supernet's largest / smallest subnets
     nachos eval --config configs/cifar10.yaml           # every export of the config's run
     make eval CONFIG=configs/cifar10.yaml               # the same
 
@@ -355,9 +356,55 @@ def _print(result: dict[str, Any]) -> None:
     print(f"  reports: {Path(r['export_dir']) / 'eval.md'}")
 
 
+# ----------------------------------------------------------------------------- supernet endpoints
+SUPERNET_TEST = "supernet_test.json"
+
+
+def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, Any]:
+    """The trained supernet's largest and smallest subnets on the TEST split, each exit and the
+    final classifier, after the same BN recalibration as validation during training; writes
+    ``<run_dir>/supernet_test.json``. For the report only: the search never sees these figures."""
+    from nachos.data import load_splits, make_loader
+    from search.backend import load_checkpoint
+    from supernet.network import create_supernet
+    from supernet.space import SearchSpace
+    from supernet.train import _autocast_factory, calibration_batches, evaluate_subnet
+
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    space = SearchSpace(cfg.space)
+    path, ckpt = load_checkpoint(cfg, space, config_path)
+    model = create_supernet(cfg)
+    model.load_state_dict(ckpt["model"])
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    splits = load_splits(cfg)
+    calib = [xb.contiguous(memory_format=memory_format) for xb in
+             calibration_batches(cfg, splits.train_x, splits.train_y, splits.mean, splits.std, device)]
+    order = test_order(splits.test_y, splits.num_classes, cfg.export.test_subset, cfg.seed)
+    loader = make_loader(cfg, splits.test_x[order], splits.test_y[order], device, train=False, seed=cfg.seed,
+                         mean=splits.mean, std=splits.std)
+    autocast = _autocast_factory(device, cfg.train.amp)
+    result: dict[str, Any] = {"split": "test", "images": int(len(order)), "checkpoint": str(path),
+                              "epoch": ckpt.get("epoch"), "bn_calib_batches": cfg.train.bn_calib_batches}
+    with torch.no_grad():
+        for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+            result[name] = {"arch": arch.to_dict(), **evaluate_subnet(model, space, arch, calib, loader, cfg, autocast)}
+    atomic_write_text(cfg.run_dir / SUPERNET_TEST, json.dumps(result, indent=1))
+    return result
+
+
 def eval_command(cfg: Config, args: Any) -> int:
     from nachos.tracking import Tracker
 
+    if getattr(args, "supernet", False):
+        res = evaluate_supernet(cfg, getattr(args, "config", None))
+        for name in ("largest", "smallest"):
+            print(f"{name} subnet, {res['images']} test images: final {res[name]['final']:.4f}; exits "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in res[name].items() if k.startswith("exit_")))
+        print(f"wrote {cfg.run_dir / SUPERNET_TEST}")
+        return 0
     folders = resolve_export_dirs(cfg, getattr(args, "export_dir", None), getattr(args, "config", None))
     tracker = Tracker(cfg, cfg.run_dir, "eval", enabled=cfg.wandb.mode != "disabled")
     try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 
 from nachos.config import Config
 from nachos.runtime import RunError, atomic_write_text, ensure_dir
@@ -221,6 +222,21 @@ def supernet_wall_time(run_dir: Path, metrics: dict[str, Any] | None) -> dict[st
     return {"seconds": None, "source": "not recorded"}
 
 
+def _override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}"
+
+
+def search_overrides(run_dir: Path, config_dict: dict[str, Any]) -> list[str]:
+    """``search.key=value`` for each search setting the search ran with (``search/config.yaml``)
+    that differs from the run's saved config, so the listed command repeats that search."""
+    path = run_dir / "search" / "config.yaml"
+    if not path.is_file():
+        return []
+    ran = (yaml.safe_load(path.read_text()) or {}).get("search") or {}
+    saved = config_dict.get("search") or {}
+    return [_override(f"search.{k}", v) for k, v in sorted(ran.items()) if saved.get(k) != v]
+
+
 def pinned_overrides(config_dict: dict[str, Any]) -> list[str]:
     """``key=value`` for every key a device profile of the saved config sets: loading the saved
     (already resolved) config applies its profile again, which these pins undo."""
@@ -231,7 +247,7 @@ def pinned_overrides(config_dict: dict[str, Any]) -> list[str]:
         for part in key.split("."):
             node = node[int(part)] if isinstance(node, list) else (node or {}).get(part)
         if node is not None:
-            out.append(f"{key}={json.dumps(node) if isinstance(node, (list, dict, bool)) else node}")
+            out.append(_override(key, node))
     return out
 
 
@@ -616,6 +632,12 @@ def setup_lines(run: RunData) -> list[str]:
     lines.append(f"- Supernet recipe: {sn.get('epochs', c.train.epochs)} epochs, sandwich of "
                  f"{2 + c.train.n_random} subnets per step, batch {c.data.batch_size}, lr {c.train.lr:g}, "
                  f"exits `{c.exits.head}` / `{c.exits.criterion}`{best}.")
+    st_path = run.dir / "supernet_test.json"
+    st = _read_json(st_path, run.problems) if st_path.is_file() else None
+    if st:
+        lines.append(f"- Supernet on the test split ({st['images']} images, BN recalibrated, final classifier): largest "
+                     f"subnet {pct(st['largest']['final'])}, smallest {pct(st['smallest']['final'])} "
+                     f"(`nachos eval --supernet`).")
     devices = sorted({b["device"] for b in run.baselines if b.get("device")})
     lat = sorted({f"{e.eval['latency']['device']} ({e.eval['latency']['threads']} threads)" for e in evaluated(run)
                   if (e.eval.get("latency") or {}).get("device")})
@@ -633,7 +655,10 @@ def setup_lines(run: RunData) -> list[str]:
     exported = sorted({e.manifest.get("source", {}).get("front_index") for e in run.exports} - {None})
     select = ("all" if exported and len(exported) == len(run.front) else ",".join(map(str, exported)) or "best")
     lines += ["- Commands (the saved config; the pins undo its device profile so the run's own values hold):", "",
-              "```bash", f"nachos supernet {base}", f"nachos search {base}"]
+              "```bash", f"nachos supernet {base}",
+              " ".join([f"nachos search {base}", *search_overrides(run.dir, run.config_dict)])]
+    if st:
+        lines.append(f"nachos eval --supernet {base}")
     if run.exports:
         for sel in (select.split(",") if select != "all" else ["all"]):
             lines.append(f"nachos export {base} export.select={sel}")
@@ -853,6 +878,49 @@ def run_section(run: RunData, plot_name: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- runs side by side
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, f"{key}.") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_differences(base: dict[str, Any], other: dict[str, Any],
+                       sections: tuple[str, ...] = ("exits", "train", "space")) -> list[str]:
+    """``key=value`` of ``other``'s settings in ``sections`` that differ from ``base``'s."""
+    a = _flatten({k: base.get(k) or {} for k in sections})
+    b = _flatten({k: other.get(k) or {} for k in sections})
+    return [_override(k, b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def comparison_lines(runs: list[RunData]) -> list[str]:
+    """One row per run: what its supernet was trained with (relative to the first run) and what
+    the search and the test split made of it, so ablations across runs read as one table."""
+    first = runs[0]
+    rows = []
+    for run in runs:
+        sn, sm = run.metrics or {}, run.summary or {}
+        tests = [e.eval for e in evaluated(run)]
+        best_test = max(tests, key=lambda e: e["accuracy"]) if tests else None
+        diff = "(reference)" if run is first else (", ".join(f"`{d}`" for d in config_differences(
+            first.config_dict, run.config_dict)) or "same settings")
+        front = run.front
+        rows.append([f"`{run.name}`", diff, pct(sn.get("val/largest/final")), pct(sn.get("val/smallest/final")),
+                     str(len(front)) if run.pareto else "-",
+                     f"{sm['hypervolume']:.4f}" if isinstance(sm.get("hypervolume"), float) else "-",
+                     pct(max((r["accuracy"] for r in front), default=None)),
+                     mmacs(min((r[run.cost_key] for r in front), default=None)),
+                     f"{pct(best_test['accuracy'])} at {mmacs(best_test['expected_macs'])}" if best_test else "-"])
+    cons = {json.dumps((r.pareto or {}).get("constraints"), sort_keys=True) for r in runs if r.pareto}
+    note = ([] if len(cons) <= 1 else
+            ["", "The searches ran under different constraints: their hypervolumes are not comparable."])
+    return table(["run", "supernet trained with", "val acc largest", "val acc smallest", "admissible front",
+                  "hypervolume (val)", "best admissible val acc", "lowest admissible exp. MACs",
+                  "best export: test acc at exp. MACs"], rows) + note
+
+
 # ----------------------------------------------------------------------------- RESULTS.md
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- report:{name} start -->", f"<!-- report:{name} end -->"
@@ -883,9 +951,12 @@ def write_report(cfg: Config) -> tuple[Path, list[Path]]:
     path = out / "RESULTS.md"
     text = path.read_text() if path.is_file() else ""
     plots = []
+    loaded: list[RunData] = []
     for name in report_runs(cfg):
         run_dir = Path(cfg.out_dir) / name
         run = load_run(cfg, run_dir) if run_dir.is_dir() else None
+        if run is not None:
+            loaded.append(run)
         plot_name = None
         if run is not None and (run.front or run.baselines or run.history):
             plot_name = f"results_{name}.png"
@@ -899,6 +970,12 @@ def write_report(cfg: Config) -> tuple[Path, list[Path]]:
         else:
             body = run_section(run, plot_name)
         text = replace_section(text, name, body)
+    if len(loaded) >= 2:
+        names = ", ".join(f"`{r.name}`" for r in loaded)
+        body = "\n".join([f"## Runs side by side: {names}", "", "_Generated by `nachos report`: settings that differ "
+                          "from the first run, supernet validation accuracy, search and test results._", ""]
+                         + comparison_lines(loaded))
+        text = replace_section(text, f"compare:{cfg.name}", body)
     atomic_write_text(path, text)
     return path, plots
 

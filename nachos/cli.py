@@ -32,6 +32,11 @@ def _resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--supernet", action="store_true",
+                   help="evaluate the supernet's largest and smallest subnets instead of exports")
+
+
 COMMANDS: dict[str, Command] = {
     "data": Command("nachos.data:prepare_command", "decode the dataset into the tensor cache and print its splits"),
     "space": Command("supernet.summary:space_command", "summarise the search space of a config"),
@@ -43,7 +48,7 @@ COMMANDS: dict[str, Command] = {
                       extra=_resume_args),
     "export": Command("eval.export:export_command", "export chosen solutions as standalone early-exit models"),
     "eval": Command("eval.evaluate:eval_command", "evaluate an exported model on the test split",
-                    positional=("export_dir",)),
+                    positional=("export_dir",), extra=_eval_args),
     "baseline": Command("eval.baselines:baseline_command", "train static baselines (no exits) from scratch"),
     "report": Command("eval.report:report_command", "write docs/RESULTS.md tables and plots from run folders"),
 }

@@ -6,6 +6,7 @@ key, the bad value and what is allowed, and is raised before any work starts.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -105,6 +106,8 @@ class TrainConfig:
     label_smoothing: float = _f(0.1, lo=0.0, hi=0.5, help="label smoothing (largest subnet only)")
     grad_clip: float = _f(5.0, lo=0.0, help="gradient-norm clip (0 = off)")
     n_random: int = _f(2, lo=0, hi=16, help="random subnets per sandwich step")
+    random_max_macs: float = _f(0.0, lo=0.0, help="random sandwich members drawn only among subnets of at most "
+                                "this many MACs, to train the region the search targets (0 = anywhere)")
     kd_temperature: float = _f(1.0, lo=0.1, help="temperature of in-place distillation")
     kd_loss: str = _f("kl", choices=("kl", "alpha"), help="in-place distillation divergence")
     bn_calib_batches: int = _f(20, lo=1, help="batches for BN recalibration before validation")
@@ -156,10 +159,11 @@ class ExportConfig:
                              "(0 = skip)")
     latency_warmup: int = _f(20, lo=0, help="eval: untimed batch-1 calls before the latency measurement")
     ece_bins: int = _f(15, lo=2, hi=100, help="eval: equal-width confidence bins of the expected calibration error")
-    baselines: str = _f("front", choices=("front", "backbones", "hand"),
+    baselines: str = _f("front", choices=("front", "backbones", "hand", "scored"),
                         help="baseline: static networks trained from scratch without exits: the admissible front's "
-                        "backbones, the hand-designed MBConv network of the space, or both (front)")
-    max_baselines: int = _f(4, lo=1, help="baseline: front backbones trained at most (spread along the front)")
+                        "backbones, the hand-designed MBConv network of the space, both (front), or backbones the "
+                        "search scored, spread over their MACs (scored: for the inherited-vs-scratch rank correlation)")
+    max_baselines: int = _f(4, lo=1, help="baseline: front / scored backbones trained at most (spread over MACs)")
     baseline_epochs: int = _f(0, lo=0, help="baseline: training epochs (0 = the run's train.epochs)")
     report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
                                 "next to the config's run (e.g. [mnist])")
@@ -364,7 +368,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     profile = pre.profiles.get(device_type) or {}
     if not isinstance(profile, dict):
         raise ConfigError(f"profiles.{device_type} must be a mapping of key.sub: value")
-    merged: dict = yaml.safe_load(yaml.safe_dump(tree))  # deep copy
+    merged: dict = copy.deepcopy(tree)
     for key, value in profile.items():
         _set_dotted(merged, key, value)
     for key, value in overrides.items():  # the command line wins over the profile

@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from nachos.config import Config
+from nachos.config import Config, save_config
 from nachos.runtime import RunError, atomic_write_bytes, atomic_write_text, ensure_dir
 from nachos.tracking import Tracker
 from search.evaluate import Backend, CandidateEvaluator
@@ -211,6 +211,7 @@ class Runner:
         title = f"{self.cfg.name}: {len(recs)} candidates, {len(front)} admissible on the front, HV {hv:.4f}"
         png = plot_front(self.dir / "pareto.png", archives, front, cons, self.cost_key, self.cfg.data.name, title)
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=1))
+        save_config(self.cfg, self.dir / "config.yaml")  # the search's own overrides, for the report
         step = sum(len(p.history) for p in self.phases.values()) + 1
         self.tracker.log_table("search/admissible", list(CSV_FIELDS), front_rows(front), step=step)
         self.tracker.log_image("search/pareto", png, step=step)

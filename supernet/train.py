@@ -117,13 +117,39 @@ def all_reduce_mean(values: torch.Tensor, ddp: Dist) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- sandwich
-def sandwich(space: SearchSpace, n_random: int, seed: int, step: int) -> list[tuple[str, Arch]]:
+def sandwich(space: SearchSpace, n_random: int, seed: int, step: int,
+             accept: Callable[[Arch], bool] | None = None, max_tries: int = 10_000) -> list[tuple[str, Arch]]:
     """The subnets trained at ``step``: a pure function of (seed, step), so every rank and every
-    resumed run draws the same ones without sharing any RNG state."""
+    resumed run draws the same ones without sharing any RNG state.
+
+    ``accept`` restricts the random members (rejection sampling: uniform over the accepted subnets).
+    """
     rng = random.Random(f"sandwich:{seed}:{step}")
     members = [("largest", space.largest()), ("smallest", space.smallest())]
-    members += [(f"random_{k}", space.sample(rng)) for k in range(n_random)]
+    for k in range(n_random):
+        for _ in range(max_tries):
+            arch = space.sample(rng)
+            if accept is None or accept(arch):
+                break
+        else:
+            raise RunError(f"no random subnet accepted in {max_tries} draws; loosen train.random_max_macs")
+        members.append((f"random_{k}", arch))
     return members
+
+
+def budget_filter(cfg: Config, space: SearchSpace) -> Callable[[Arch], bool] | None:
+    """``train.random_max_macs`` as a predicate on whole-network MACs (read from the MAC table), or None."""
+    budget = cfg.train.random_max_macs
+    if budget <= 0:
+        return None
+    from supernet.costs import MacTable
+
+    table = MacTable.from_config(cfg)
+    smallest = table.backbone_costs(space.smallest())[-1]
+    if budget < smallest:
+        raise RunError(f"train.random_max_macs={budget:.4g} is below the smallest subnet's {smallest:.4g} MACs; "
+                       f"raise it or set it to 0 (no limit)")
+    return lambda arch: bool(table.backbone_costs(arch)[-1] <= budget)
 
 
 def inplace_distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, kind: str) -> torch.Tensor:
@@ -471,6 +497,10 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                                   warmup_t=warmup_steps, warmup_lr_init=tc.lr * 0.01, warmup_prefix=True,
                                   t_in_epochs=False)
     costs = ExitCosts(cfg, space, ddp) if learned and cfg.exits.w_macs > 0 else None
+    accept = budget_filter(cfg, space) if ddp.main else None
+    if ddp.active and tc.random_max_macs > 0:  # rank 0 built (or read) the MAC table; the others read it
+        dist.barrier()
+        accept = accept or budget_filter(cfg, space)
     autocast = _autocast_factory(device, tc.amp)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -527,7 +557,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                     xb, yb = xb[ddp.rank::ddp.world], yb[ddp.rank::ddp.world]
                 xb = xb.contiguous(memory_format=memory_format)
                 scheduler.step_update(step)
-                members = sandwich(space, tc.n_random, cfg.seed, step)
+                members = sandwich(space, tc.n_random, cfg.seed, step, accept=accept)
                 for _, arch in members:
                     arch_digest.update(arch.to_json().encode())
 

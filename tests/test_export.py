@@ -395,3 +395,32 @@ def test_eval_without_exports_names_the_fix(tmp_path: Path) -> None:
         resolve_export_dirs(cfg, None, TINY)
     with pytest.raises(RunError, match=r"no export at .*nowhere"):
         resolve_export_dirs(cfg, str(tmp_path / "nowhere"), TINY)
+
+
+def test_eval_supernet_scores_the_largest_and_smallest_on_the_test_split(exported) -> None:
+    """`nachos eval --supernet`: the figures match an independent pass of the extracted static
+    network (BN recalibrated on the same batches) over the same test images."""
+    from eval.evaluate import evaluate_export, evaluate_supernet, test_order
+    from nachos.data import load_splits, make_loader
+    from supernet.bn import recalibrate_bn
+    from supernet.train import calibration_batches
+
+    cfg = exported[0]
+    res = evaluate_supernet(cfg, TINY)
+    assert json.loads((cfg.run_dir / "supernet_test.json").read_text()) == res
+    assert res["split"] == "test" and res["images"] == cfg.export.test_subset
+    space = SearchSpace.from_config(cfg.space)
+    sup = create_supernet(cfg)
+    sup.load_state_dict(torch.load(cfg.run_dir / "best.pt", weights_only=False)["model"])
+    s = load_splits(cfg)
+    calib = calibration_batches(cfg, s.train_x, s.train_y, s.mean, s.std, torch.device("cpu"))
+    order = test_order(s.test_y, s.num_classes, cfg.export.test_subset, cfg.seed)
+    for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+        net = sup.extract(arch)
+        recalibrate_bn(net, calib, len(calib))
+        net.eval()
+        loader = make_loader(cfg, s.test_x[order], s.test_y[order], "cpu", train=False, seed=0, mean=s.mean, std=s.std)
+        with torch.no_grad():
+            hits = sum(int((net(x)[-1].argmax(1) == y).sum()) for x, y in loader)
+        assert res[name]["final"] == pytest.approx(hits / len(order), abs=1e-6), name  # one image = 2.5e-3
+        assert res[name]["arch"] == arch.to_dict()

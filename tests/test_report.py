@@ -106,7 +106,10 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("report")
     cfg = tiny_cfg(out, "export.baselines=front", "export.max_baselines=3", "export.baseline_epochs=1",
                    "export.report_runs=[nothing-here,empty]")
-    save_config(cfg, cfg.run_dir / "config.yaml")
+    # the supernet ran with 4 search generations in its config; the search below overrides it to 3
+    save_config(tiny_cfg(out, "export.baselines=front", "export.max_baselines=3", "export.baseline_epochs=1",
+                         "export.report_runs=[nothing-here,empty]", "search.generations=4"),
+                cfg.run_dir / "config.yaml")
     (cfg.run_dir / "metrics.json").write_text(json.dumps({"val/largest/final": 0.61, "step": 48, "epochs": 3,
                                                           "best_largest": 0.6123}))
     t0 = 1.7e9
@@ -164,6 +167,48 @@ def test_report_tables_hold_the_planted_and_searched_numbers(run_folder) -> None
     assert "NSGA-II" in sec and "random search" in sec and "(ratio " in sec
     assert plots and plots[0].name == "results_tiny.png" and plots[0].stat().st_size > 10_000
     assert "![tiny: accuracy vs expected MACs](results_tiny.png)" in sec
+
+
+def test_listed_search_command_carries_the_search_overrides(run_folder) -> None:
+    path = run_folder[3]
+    line = next(ln for ln in _section(path.read_text(), "tiny").splitlines() if ln.startswith("nachos search "))
+    assert line.endswith("search.generations=3")  # what the search ran with, not the saved config's 4
+    assert "search.max_backbones" not in line  # unchanged settings are not repeated
+
+
+def test_runs_side_by_side_show_each_run_and_what_differs(run_folder) -> None:
+    cfg, front, _, path, _, _ = run_folder
+    rows = [ln for ln in _section(path.read_text(), "compare:tiny").splitlines() if ln.startswith("| `")]
+    assert [r.split(" | ")[0] for r in rows] == ["| `tiny`", "| `empty`"]  # the missing run has no row
+    tiny = rows[0].split(" | ")
+    assert tiny[1] == "(reference)" and tiny[4] == str(len(front))
+    assert tiny[8].startswith("83.12% at ")  # the best planted export
+    assert rows[1].split(" | ")[4] == "-"  # never searched
+    base = {"exits": {"criterion": "learned", "w_macs": 1.0, "w_support": 1.0}, "train": {"epochs": 3}}
+    other = {"exits": {"criterion": "learned", "w_macs": 0.0, "w_support": 1.0}, "train": {"epochs": 3},
+             "search": {"generations": 9}}  # outside the compared sections
+    from eval.report import config_differences
+    assert config_differences(base, other) == ["exits.w_macs=0.0"]
+
+
+def test_scored_baselines_spread_over_the_searched_backbones(run_folder, tmp_path: Path) -> None:
+    from eval.baselines import choose_baselines, mac_table
+    from search.report import read_candidates
+
+    cfg = run_folder[0]
+    scored = {r["arch_key"] for r in read_candidates(cfg.run_dir / "search" / "candidates.jsonl") if r["scored"]}
+    assert len(scored) >= 4
+    picks = choose_baselines(cfg, "scored", 3)
+    table = mac_table(cfg)[0]
+    macs = [table.backbone_costs(arch)[-1] for _, arch, _ in picks]
+    assert len(picks) == 3 and macs == sorted(macs) and len(set(macs)) == 3
+    assert {origin["arch_key"] for _, _, origin in picks} <= scored
+    cap = cfg.search.init_max_macs_ratio * cfg.search.max_expected_macs
+    within = sorted(m for m in (table.backbone_costs(Arch.from_dict(r["arch"]))[-1] for r in
+                    read_candidates(cfg.run_dir / "search" / "candidates.jsonl") if r["scored"]) if m <= cap)
+    assert macs[0] == within[0] and macs[-1] == within[-1]  # both ends of the size range
+    with pytest.raises(RunError, match="no search candidates"):
+        choose_baselines(tiny_cfg(tmp_path), "scored", 3)
 
 
 def test_goals_say_met_or_missed_by_how_much(run_folder) -> None:

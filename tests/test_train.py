@@ -84,10 +84,10 @@ def test_interrupt_and_resume_is_exact(straight: tuple[Config, dict], tmp_path: 
     cfg2 = tiny_cfg(tmp_path, "resumed")
     real = train.sandwich
 
-    def sandwich_then_signal(space, n_random, seed, step):
+    def sandwich_then_signal(space, n_random, seed, step, **kw):
         if step == 6:
             os.kill(os.getpid(), signal.SIGTERM)  # lands mid-step; the step finishes, then the run saves
-        return real(space, n_random, seed, step)
+        return real(space, n_random, seed, step, **kw)
 
     monkeypatch.setattr(train, "sandwich", sandwich_then_signal)
     assert train.supernet_command(cfg2, argparse.Namespace(resume=False)) == 143
@@ -111,10 +111,10 @@ def test_resume_at_epoch_boundary_is_exact(straight: tuple[Config, dict], tmp_pa
     cfg2 = tiny_cfg(tmp_path, "boundary")
     real = train.sandwich
 
-    def stop_at_epoch_end(space, n_random, seed, step):
+    def stop_at_epoch_end(space, n_random, seed, step, **kw):
         if step == STEPS_PER_EPOCH - 1:
             os.kill(os.getpid(), signal.SIGINT)
-        return real(space, n_random, seed, step)
+        return real(space, n_random, seed, step, **kw)
 
     monkeypatch.setattr(train, "sandwich", stop_at_epoch_end)
     first = train.train_supernet(cfg2)
@@ -197,6 +197,24 @@ def test_sandwich_is_a_function_of_seed_and_step() -> None:
     assert a[0][1] == space.largest() and a[1][1] == space.smallest()
     draws = {train.sandwich(space, 1, seed=0, step=s)[2][1] for s in range(20)}
     assert len(draws) > 10  # random members change from step to step
+
+
+def test_random_members_stay_within_the_mac_budget(tmp_path: Path) -> None:
+    from supernet.costs import MacTable
+
+    space = SearchSpace(tiny_cfg(tmp_path).space)
+    table = MacTable(space, tiny_cfg(tmp_path).exits)
+    macs = lambda arch: table.backbone_costs(arch)[-1]  # noqa: E731
+    free = [train.sandwich(space, 1, seed=0, step=s)[2][1] for s in range(60)]
+    budget = sorted(macs(a) for a in free)[len(free) // 3]  # a third of free draws fit
+    accept = train.budget_filter(tiny_cfg(tmp_path, **{"train.random_max_macs": budget}), space)
+    drawn = [train.sandwich(space, 2, seed=0, step=s, accept=accept)[2:] for s in range(30)]
+    archs = [a for members in drawn for _, a in members]
+    assert all(macs(a) <= budget for a in archs)
+    assert len(set(archs)) > 5  # still a spread of subnets, not one
+    assert train.budget_filter(tiny_cfg(tmp_path), space) is None  # 0 = anywhere
+    with pytest.raises(RunError, match="random_max_macs.*below the smallest"):
+        train.budget_filter(tiny_cfg(tmp_path, **{"train.random_max_macs": macs(space.smallest()) - 1}), space)
 
 
 def test_alpha_divergence_is_zero_at_the_teacher_and_pulls_towards_it() -> None:
