@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,9 @@ def supernet_wall_time(run_dir: Path, metrics: dict[str, Any] | None) -> dict[st
 
 
 def _override(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}"
+    """``key=value`` as one shell word (compact JSON for lists, quoted when the shell needs it)."""
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict, bool)) else value
+    return shlex.quote(f"{key}={text}")
 
 
 def search_overrides(run_dir: Path, config_dict: dict[str, Any]) -> list[str]:
@@ -237,16 +240,27 @@ def search_overrides(run_dir: Path, config_dict: dict[str, Any]) -> list[str]:
     return [_override(f"search.{k}", v) for k, v in sorted(ran.items()) if saved.get(k) != v]
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal as config values: YAML reads ``8.1e6`` as a string that the config turns into a float."""
+    if a == b:
+        return True
+    try:
+        return not isinstance(a, (bool, list, dict)) and not isinstance(b, (bool, list, dict)) and float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
 def pinned_overrides(config_dict: dict[str, Any]) -> list[str]:
-    """``key=value`` for every key a device profile of the saved config sets: loading the saved
-    (already resolved) config applies its profile again, which these pins undo."""
-    keys = sorted({k for prof in (config_dict.get("profiles") or {}).values() if isinstance(prof, dict) for k in prof})
+    """``key=value`` for each key that some device profile of the saved config would set to
+    another value than the run's: loading the saved (already resolved) config applies the
+    profile of whatever device loads it, which these pins undo, on any device."""
+    profiles = [p for p in (config_dict.get("profiles") or {}).values() if isinstance(p, dict)]
     out = []
-    for key in keys:
+    for key in sorted({k for prof in profiles for k in prof}):
         node: Any = config_dict
         for part in key.split("."):
             node = node[int(part)] if isinstance(node, list) else (node or {}).get(part)
-        if node is not None:
+        if node is not None and any(key in prof and not _same(prof[key], node) for prof in profiles):
             out.append(_override(key, node))
     return out
 

@@ -290,3 +290,25 @@ def test_goals_met_when_the_figures_reach_them(tmp_path: Path) -> None:
     assert g3.status == "met" and "35.0% saving at -0.20 points" in g3.detail
     ev.update(expected_macs=2.8e6)  # over the MAC budget: no solution qualifies
     assert goal_accuracy(run).status == "missed" and "no evaluated export within 2.7 M" in goal_accuracy(run).detail
+
+
+def test_pins_reproduce_the_run_on_any_device(tmp_path: Path) -> None:
+    """The listed commands load the saved config plus pins: whichever profile the loading device
+    applies, the run's own values come back; keys a profile would not change are not pinned."""
+    import shlex
+
+    from eval.report import pinned_overrides
+    from nachos.config import config_to_dict
+
+    src = tmp_path / "c.yaml"
+    src.write_text(TINY.read_text().split("\nprofiles:")[0] + "\nprofiles:\n"
+                   "  cpu: {train.epochs: 7, train.random_max_macs: 8.1e6, space.stages.0.kernels: [3]}\n"
+                   "  cuda: {train.epochs: 300}\n")
+    cfg = load_config(src, [f"out_dir={tmp_path}", "data.batch_size=32"], device_type="cpu")
+    save_config(cfg, tmp_path / "saved.yaml")
+    import yaml
+    pins = pinned_overrides(yaml.safe_load((tmp_path / "saved.yaml").read_text()))
+    assert pins == ["train.epochs=7"]  # the cuda profile would change it; nothing else differs
+    for device in ("cpu", "cuda"):
+        again = load_config(tmp_path / "saved.yaml", [w for p in pins for w in shlex.split(p)], device_type=device)
+        assert config_to_dict(again) == config_to_dict(cfg), device
