@@ -1,6 +1,8 @@
 """Does early exit pay off for real? Batch-1 CPU latency and MACs of an exported early-exit model.
 
-The model: the newest trained CIFAR-10 export under ``runs/*/export/`` (or the folder named by
+The model: of the trained CIFAR-10 exports under ``runs/*/export/``, the one whose exits promise
+the largest saving (1 - expected / backbone MACs; the question is whether a promised saving
+shows up as time), or the folder named by
 ``NACHOS_BENCH_EXPORT``). Without one, a stand-in is built and exported the same way: the
 largest subnet of ``configs/cifar10.yaml`` from a random-weight supernet, BN recalibrated on
 training batches, exits after stages 0 and 2 with thresholds set on validation images so that
@@ -46,8 +48,9 @@ def find_trained_export() -> Path | None:
         except (OSError, ValueError):
             continue
         if m.get("config", {}).get("data", {}).get("name") == "cifar10":
-            found.append(manifest)
-    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
+            saving = 1.0 - float(m.get("expected_macs", 0.0)) / max(float(m.get("macs", {}).get("backbone", 1.0)), 1.0)
+            found.append((saving, manifest.stat().st_mtime, manifest))
+    return max(found)[2].parent if found else None
 
 
 def build_stand_in(folder: Path, quick: bool) -> Path:
