@@ -365,8 +365,7 @@ def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, 
     final classifier, after the same BN recalibration as validation during training; writes
     ``<run_dir>/supernet_test.json``. For the report only: the search never sees these figures."""
     from nachos.data import load_splits, make_loader
-    from search.backend import load_checkpoint
-    from supernet.network import create_supernet
+    from search.backend import build_supernet, load_checkpoint
     from supernet.space import SearchSpace
     from supernet.train import _autocast_factory, calibration_batches, evaluate_subnet
 
@@ -375,8 +374,7 @@ def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, 
         torch.set_num_threads(cfg.num_threads)
     space = SearchSpace(cfg.space)
     path, ckpt = load_checkpoint(cfg, space, config_path)
-    model = create_supernet(cfg)
-    model.load_state_dict(ckpt["model"])
+    model = build_supernet(cfg, ckpt, path, config_path)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     splits = load_splits(cfg)

@@ -52,6 +52,23 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
     return path, ckpt
 
 
+def build_supernet(cfg: Config, ckpt: dict[str, Any], path: Path, config_path: str | None) -> torch.nn.Module:
+    """The config's supernet holding the checkpoint's weights (on CPU); heads that do not fit
+    raise a ``RunError`` naming the settings the checkpoint was trained with."""
+    from supernet.network import create_supernet
+
+    model = create_supernet(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        trained = ckpt.get("config", {}).get("exits", {})
+        raise RunError(f"supernet checkpoint {path} does not fit this config's exit heads (trained with "
+                       f"head={trained.get('head')}, head_width={trained.get('head_width')}, "
+                       f"criterion={trained.get('criterion')}; {str(err).splitlines()[0]}); use those "
+                       f"exits settings or retrain: {fix_supernet(cfg, config_path)}") from None
+    return model
+
+
 def load_cost_table(cfg: Config, space: SearchSpace, metric: str, config_path: str | None) -> Any:
     """The run's ``MacTable`` for ``metric``; another space or head design raises
     ``TableMismatchError`` with the rebuild command. A missing MACs table is built (about a
@@ -89,18 +106,7 @@ class SupernetBackend:
                               if cfg.search.metric == "latency" else None)
 
     def _build_model(self, ckpt: dict[str, Any], config_path: str | None) -> torch.nn.Module:
-        from supernet.network import create_supernet
-
-        model = create_supernet(self.cfg)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            trained = ckpt.get("config", {}).get("exits", {})
-            raise RunError(f"supernet checkpoint {self.ckpt_path} does not fit this config's exit heads (trained with "
-                           f"head={trained.get('head')}, head_width={trained.get('head_width')}, "
-                           f"criterion={trained.get('criterion')}; {str(err).splitlines()[0]}); search with those "
-                           f"exits settings or retrain: {fix_supernet(self.cfg, config_path)}") from None
-        return model.to(self.device).eval()
+        return build_supernet(self.cfg, ckpt, self.ckpt_path, config_path).to(self.device).eval()
 
     def _fingerprint(self) -> str:
         splits = self.splits

@@ -497,10 +497,12 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                                   warmup_t=warmup_steps, warmup_lr_init=tc.lr * 0.01, warmup_prefix=True,
                                   t_in_epochs=False)
     costs = ExitCosts(cfg, space, ddp) if learned and cfg.exits.w_macs > 0 else None
+    # as ExitCosts: rank 0 builds (or reads) the MAC table first, the other ranks then read it
     accept = budget_filter(cfg, space) if ddp.main else None
-    if ddp.active and tc.random_max_macs > 0:  # rank 0 built (or read) the MAC table; the others read it
+    if ddp.active and tc.random_max_macs > 0:
         dist.barrier()
-        accept = accept or budget_filter(cfg, space)
+    if not ddp.main:
+        accept = budget_filter(cfg, space)
     autocast = _autocast_factory(device, tc.amp)
     params = [p for p in model.parameters() if p.requires_grad]
 

@@ -34,6 +34,17 @@ def tiny_cfg(out: Path, name: str = "run", **overrides: object) -> Config:
     return load_config(TINY, base, device_type="cpu")
 
 
+def signal_at(when: int, sig: signal.Signals):
+    """``train.sandwich`` that sends ``sig`` to this process when drawing step ``when``."""
+    real = train.sandwich
+
+    def sandwich(space, n_random, seed, step, **kw):
+        if step == when:
+            os.kill(os.getpid(), sig)
+        return real(space, n_random, seed, step, **kw)
+    return sandwich
+
+
 def model_state(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
 
@@ -83,13 +94,8 @@ def test_interrupt_and_resume_is_exact(straight: tuple[Config, dict], tmp_path: 
     cfg, _ = straight
     cfg2 = tiny_cfg(tmp_path, "resumed")
     real = train.sandwich
-
-    def sandwich_then_signal(space, n_random, seed, step, **kw):
-        if step == 6:
-            os.kill(os.getpid(), signal.SIGTERM)  # lands mid-step; the step finishes, then the run saves
-        return real(space, n_random, seed, step, **kw)
-
-    monkeypatch.setattr(train, "sandwich", sandwich_then_signal)
+    # lands mid-step; the step finishes, then the run saves
+    monkeypatch.setattr(train, "sandwich", signal_at(6, signal.SIGTERM))
     assert train.supernet_command(cfg2, argparse.Namespace(resume=False)) == 143
     ckpt = torch.load(cfg2.run_dir / "last.pt", map_location="cpu", weights_only=False)
     assert (ckpt["step"], ckpt["epoch"], ckpt["loader"]["pos"]) == (7, 0, 7)
@@ -110,13 +116,7 @@ def test_resume_at_epoch_boundary_is_exact(straight: tuple[Config, dict], tmp_pa
     cfg, _ = straight
     cfg2 = tiny_cfg(tmp_path, "boundary")
     real = train.sandwich
-
-    def stop_at_epoch_end(space, n_random, seed, step, **kw):
-        if step == STEPS_PER_EPOCH - 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(space, n_random, seed, step, **kw)
-
-    monkeypatch.setattr(train, "sandwich", stop_at_epoch_end)
+    monkeypatch.setattr(train, "sandwich", signal_at(STEPS_PER_EPOCH - 1, signal.SIGINT))
     first = train.train_supernet(cfg2)
     assert first["exit_code"] == 130 and "val/largest/final" in first  # the finished epoch was validated
     assert torch.load(cfg2.run_dir / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
