@@ -11,7 +11,7 @@ CONFIG ?= configs/cifar10.yaml
 ARGS   ?=
 NACHOS := $(BIN)/nachos
 
-.PHONY: install data supernet search export eval baseline report results bench test clean
+.PHONY: install data supernet search export finetune eval baseline report results bench test clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ search: install
 export: install
 	$(NACHOS) export --config $(CONFIG) $(ARGS)
 
+finetune: install
+	$(NACHOS) finetune --config $(CONFIG) $(ARGS)
+
 eval: install
 	$(NACHOS) eval --config $(CONFIG) $(ARGS)
 
@@ -44,11 +47,13 @@ report: install
 	$(NACHOS) report --config $(CONFIG) $(ARGS)
 
 # After `make supernet`: every figure the report reads (supernet endpoints and exports on the
-# test split, search with its random-search baseline, static baselines), then the report.
+# test split, search with its random-search baseline, the best export fine-tuned, static baselines),
+# then the report.
 results: install
 	$(NACHOS) eval --supernet --config $(CONFIG) $(ARGS)
 	$(NACHOS) search --config $(CONFIG) search.random_baseline=true $(ARGS)
 	$(NACHOS) export --config $(CONFIG) export.select=all $(ARGS)
+	$(NACHOS) finetune --config $(CONFIG) $(ARGS)
 	$(NACHOS) eval --config $(CONFIG) $(ARGS)
 	$(NACHOS) baseline --config $(CONFIG) $(ARGS)
 	$(NACHOS) report --config $(CONFIG) $(ARGS)

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 import yaml
 
 from nachos.config import Config, ConfigError, config_to_dict, load_config
-from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, resolve_device, rng_state,
-                            seed_everything, set_rng_state)
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, resolve_device,
+                            resume_training, rng_state, seed_everything)
 from supernet.space import Arch, SearchSpace
 
 FORMAT = "nachos-baseline"
@@ -273,20 +273,11 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
                                   t_in_epochs=False)
 
     step, start_epoch, seconds, history = 0, 0, 0.0, []
-    if resume and ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as err:  # a truncated file raises many kinds of errors; it is only a cache
-            print(f"note: ignoring unreadable baseline checkpoint {ckpt_path} ({type(err).__name__})", file=sys.stderr)
-            ckpt = None
-        if ckpt is not None and ckpt.get("fingerprint") == fp:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            loader.load_state_dict(ckpt["loader"])
-            set_rng_state(ckpt["rng"])
-            step, start_epoch, seconds, history = ckpt["step"], ckpt["epoch"], ckpt["seconds"], ckpt["history"]
-            print(f"resuming baseline {tag} at epoch {start_epoch}/{epochs}", file=sys.stderr)
+    ckpt = resume_training(ckpt_path, fp, {"model": model, "optimizer": optimizer, "scheduler": scheduler,
+                                           "loader": loader}) if resume else None
+    if ckpt is not None:
+        step, start_epoch, seconds, history = ckpt["step"], ckpt["epoch"], ckpt["seconds"], ckpt["history"]
+        print(f"resuming baseline {tag} at epoch {start_epoch}/{epochs}", file=sys.stderr)
 
     def save(epoch: int) -> None:
         atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),

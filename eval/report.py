@@ -105,6 +105,10 @@ class Export:
     eval: dict[str, Any] | None
 
     @property
+    def finetuned(self) -> bool:
+        return "finetune" in self.manifest
+
+    @property
     def candidate(self) -> tuple[Any, Any]:
         src = self.manifest.get("source", {})
         return src.get("algorithm"), src.get("candidate_id")
@@ -141,7 +145,7 @@ class RunData:
 
     def export_of(self, rec: Record) -> Export | None:
         for e in self.exports:
-            if e.candidate == (rec.get("algorithm"), rec.get("id")):
+            if not e.finetuned and e.candidate == (rec.get("algorithm"), rec.get("id")):
                 return e
         return None
 
@@ -564,10 +568,14 @@ def plot_run(path: Path, run: RunData) -> Path:
     if front:
         ax.plot([r["expected_macs"] / 1e6 for r in front], [100 * r["accuracy"] for r in front], "o--",
                 mfc="none", color="#9ab7d3", label=f"search front, validation ({len(front)})")
-    evs = sorted(evaluated(run), key=lambda e: e.eval["expected_macs"])
+    evs = sorted((e for e in evaluated(run) if not e.finetuned), key=lambda e: e.eval["expected_macs"])
     if evs:
         ax.plot([e.eval["expected_macs"] / 1e6 for e in evs], [100 * e.eval["accuracy"] for e in evs], "o-",
-                color="#1f4e79", label=f"exported EENs, test ({len(evs)})")
+                color="#1f4e79", label=f"exported EENs, inherited weights, test ({len(evs)})")
+    tuned = sorted((e for e in evaluated(run) if e.finetuned), key=lambda e: e.eval["expected_macs"])
+    if tuned:
+        ax.plot([e.eval["expected_macs"] / 1e6 for e in tuned], [100 * e.eval["accuracy"] for e in tuned], "^",
+                color="#6a1b9a", ms=8, label=f"exported EENs, fine-tuned, test ({len(tuned)})")
     for b in run.baselines:
         hand = b.get("origin", {}).get("kind") == "hand-designed"
         ax.scatter([b["macs"] / 1e6], [100 * b["test_accuracy"]], marker="D" if hand else "s", s=45,
@@ -708,6 +716,39 @@ def front_lines(run: RunData, plot_name: str | None) -> list[str]:
                     "test exp. MACs", "peak MACs", "params", "val exit rates", "test exit rates"], rows)
     if plot_name:
         lines += ["", f"![{run.name}: accuracy vs expected MACs]({plot_name})"]
+    return lines
+
+
+def finetune_lines(run: RunData) -> list[str]:
+    """Each fine-tuned export next to its parent: validation (where thresholds were re-chosen) and test."""
+    tuned = [e for e in run.exports if e.finetuned]
+    if not tuned:
+        return ["No fine-tuned export (`nachos finetune`)."]
+    by_id = {e.id: e for e in run.exports}
+    rows, seconds = [], 0.0
+    for e in sorted(tuned, key=lambda e: e.id):
+        ft = e.manifest["finetune"]
+        parent = by_id.get(ft["parent"])
+        b, a = ft["val_before"], ft["val_after"]
+        seconds += ft.get("train_seconds", 0.0)
+
+        def test(x: Export | None) -> tuple[str, str, str]:
+            if x is None or not x.eval:
+                return "not evaluated", "", ""
+            return (pct(x.eval["accuracy"]), mmacs(x.eval["expected_macs"]),
+                    pct((x.eval.get("exit_accuracy_all_samples") or [None])[-1]))
+
+        tp, tf = test(parent), test(e)
+        rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {e.manifest['thresholds']}",
+                     f"{ft['epochs']} @ lr {ft['lr']:g}, {duration(ft.get('train_seconds'))}",
+                     f"{pct(b['accuracy'])} -> {pct(a['accuracy'])}",
+                     f"{mmacs(b['expected_macs'])} -> {mmacs(a['expected_macs'])}",
+                     f"{tp[0]} -> {tf[0]}", f"{tp[1]} -> {tf[1]}", f"{tp[2]} -> {tf[2]}"])
+    lines = ["Chosen exports trained further alone (`nachos finetune`: backbone and exits, the supernet's member "
+             "loss), thresholds then re-chosen on the validation split within the parent's validation expected "
+             f"MACs. Fine-tuning took {duration(seconds)} in all.", ""]
+    lines += table(["export", "backbone", "exits @ thresholds", "epochs", "val acc (parent -> tuned)",
+                    "val exp. MACs", "test acc", "test exp. MACs", "final classifier alone, test acc"], rows)
     return lines
 
 
@@ -881,6 +922,8 @@ def run_section(run: RunData, plot_name: str | None) -> str:
     lines += ["### Setup", ""] + setup_lines(run)
     lines += ["", "### Admissible Pareto front: validation (search) and test (exports)", ""]
     _safe(lines, "Front", lambda: front_lines(run, plot_name))
+    lines += ["", "### Fine-tuned exports", ""]
+    _safe(lines, "Fine-tuning", lambda: finetune_lines(run))
     lines += ["", "### Against static networks and published results", ""]
     _safe(lines, "Baselines", lambda: baseline_lines(run))
     lines += ["", "### Cost", ""]

@@ -49,6 +49,8 @@ COMMANDS: dict[str, Command] = {
     "export": Command("eval.export:export_command", "export chosen solutions as standalone early-exit models"),
     "eval": Command("eval.evaluate:eval_command", "evaluate an exported model on the test split",
                     positional=("export_dir",), extra=_eval_args),
+    "finetune": Command("eval.finetune:finetune_command", "fine-tune exported models, then re-choose their thresholds",
+                        positional=("export_dir",)),
     "baseline": Command("eval.baselines:baseline_command", "train static baselines (no exits) from scratch"),
     "report": Command("eval.report:report_command", "write docs/RESULTS.md tables and plots from run folders"),
 }

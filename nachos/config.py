@@ -165,6 +165,9 @@ class ExportConfig:
                         "search scored, spread over their MACs (scored: for the inherited-vs-scratch rank correlation)")
     max_baselines: int = _f(4, lo=1, help="baseline: front / scored backbones trained at most (spread over MACs)")
     baseline_epochs: int = _f(0, lo=0, help="baseline: training epochs (0 = the run's train.epochs)")
+    finetune_epochs: int = _f(10, lo=1, help="finetune: epochs of training an export further from its inherited "
+                              "weights (backbone and exits), before its thresholds are re-chosen on validation")
+    finetune_lr: float = _f(0.01, lo=1e-9, help="finetune: peak learning rate (cosine to 1e-3 of it, no warm-up)")
     report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
                                 "next to the config's run (e.g. [mnist])")
     report_dir: str = _f("docs", help="report: folder of RESULTS.md and its results_<name>.png plots")

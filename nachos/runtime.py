@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,24 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_training(path: Path, fingerprint: str, stateful: dict[str, Any]) -> dict | None:
+    """Restore a per-epoch training checkpoint written for the same settings (``fingerprint``).
+
+    ``stateful`` maps checkpoint keys to objects with ``load_state_dict`` (model, optimizer,
+    loader...); the RNG streams are restored too. Returns the checkpoint, or None when there is
+    none, it is unreadable (a note: it is only a cache) or it was written for other settings."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated file raises many kinds of errors
+        print(f"note: ignoring unreadable checkpoint {path} ({type(err).__name__})", file=sys.stderr)
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint:
+        return None
+    for key, obj in stateful.items():
+        obj.load_state_dict(ckpt[key])
+    set_rng_state(ckpt["rng"])
+    return ckpt

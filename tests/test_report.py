@@ -312,3 +312,33 @@ def test_pins_reproduce_the_run_on_any_device(tmp_path: Path) -> None:
     for device in ("cpu", "cuda"):
         again = load_config(tmp_path / "saved.yaml", [w for p in pins for w in shlex.split(p)], device_type=device)
         assert config_to_dict(again) == config_to_dict(cfg), device
+
+
+def test_finetuned_exports_get_their_own_rows_next_to_their_parent(run_folder, tmp_path: Path) -> None:
+    import shutil
+
+    from eval.report import finetune_lines, front_lines, load_run
+
+    cfg, front, exports, *_ = run_folder
+    run_dir = tmp_path / cfg.name
+    shutil.copytree(cfg.run_dir, run_dir)
+    parent = run_dir / "export" / exports[0]
+    tuned = run_dir / "export" / f"{exports[0]}-ft"
+    shutil.copytree(parent, tuned)
+    m = json.loads((tuned / "arch.json").read_text())
+    m["finetune"] = {"parent": exports[0], "epochs": 7, "lr": 0.01, "train_seconds": 125.0,
+                     "val_before": {"accuracy": 0.61, "expected_macs": 3.4e5},
+                     "val_after": {"accuracy": 0.7034, "expected_macs": 3.3e5}}
+    (tuned / "arch.json").write_text(json.dumps(m))
+    ev = json.loads((tuned / "eval.json").read_text())
+    ev.update(accuracy=0.9071, expected_macs=3.31e5)
+    (tuned / "eval.json").write_text(json.dumps(ev))
+    run = load_run(cfg, run_dir)
+    text = "\n".join(finetune_lines(run))
+    row = next(ln for ln in text.splitlines() if ln.startswith(f"| {exports[0]}-ft "))
+    assert "61.00% -> 70.34%" in row and "83.12% -> 90.71%" in row and "0.340 M -> 0.331 M" in row
+    assert "7 @ lr 0.01, 2 min 05 s" in row and "took 2 min 05 s in all" in text
+    # the front table keeps the parent's (inherited-weight) test figures for the search's solution
+    front_row = next(ln for ln in front_lines(run, None) if ln.startswith(f"| {exports[0]} "))
+    assert "83.12%" in front_row and "90.71%" not in front_row
+    assert "No fine-tuned export" in "\n".join(finetune_lines(load_run(cfg, cfg.run_dir)))

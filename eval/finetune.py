@@ -1,0 +1,268 @@
+"""``nachos finetune [EXPORT_DIR]``: train exported early-exit networks further, from their
+inherited weights, then re-choose their thresholds on the validation split.
+
+    nachos finetune --config configs/cifar10.yaml [export.select=best|all|3|acc>=0.8|macs<=2.7e6]
+                    [export.finetune_epochs=10 export.finetune_lr=0.01]
+    nachos finetune runs/cifar10/export/nsga2-0147
+
+Which exports: the one given, else those of the run's exports that ``export.select`` picks (by
+their validation accuracy and expected MACs, as ``nachos export`` picks front solutions).
+
+Weight sharing ranks candidates cheaply but leaves accuracy on the table: a subnet's inherited
+weights are a compromise with every other subnet (OFA fine-tunes its chosen subnets too). This
+stage trains the chosen network alone: every weight of the backbone and of the selected exit
+heads, with the supernet's member loss (final classifier: cross-entropy with label smoothing;
+each exit: cross-entropy + distillation from the final classifier, averaged over the exits;
+NACHOS's BCE / MACs terms too under the learned criterion), the run's augmentation, SGD and a
+per-step cosine schedule from ``export.finetune_lr``.
+
+Fine-tuning moves every exit's confidence, so the parent's thresholds no longer mean what they
+did. They are re-chosen on the validation split (never the test split) over the search's
+threshold grid: the highest accuracy whose expected MACs stay within the parent's own validation
+expected MACs, so the result is comparable with, and no costlier than, the solution the search chose.
+
+Writes ``<export_root>/<id>-ft/``, a complete export (same files and manifest as ``nachos
+export``) with a ``finetune`` block (parent, epochs, lr, time, validation before / after), which
+``nachos eval`` and the report treat like any other export. A checkpoint ``<id>-ft.pt`` is
+written atomically after every epoch; a rerun resumes it (or skips a finished export).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eval.export import FORMAT, export_root, load_exported, run_early_exit, select_solutions, write_export
+from eval.metrics import exit_statistics, expected_cost
+from eval.onnx_runner import MANIFEST, read_manifest
+from eval.runtime import EarlyExitModel
+from exits import losses as exit_losses
+from nachos.config import Config
+from nachos.runtime import RunError, atomic_torch_save, resolve_device, resume_training, rng_state, seed_everything
+
+SUFFIX = "-ft"
+
+
+# ----------------------------------------------------------------------------- which exports
+def parents(cfg: Config, export_dir: str | None, config_path: str | None = None) -> list[Path]:
+    """The exports to fine-tune: the one given, else those of the run's exports (not fine-tuned
+    themselves) that ``export.select`` picks by their validation accuracy and expected MACs."""
+    from eval.evaluate import resolve_export_dirs
+
+    folders = resolve_export_dirs(cfg, export_dir, config_path)
+    if export_dir and len(folders) == 1:
+        return folders
+    manifests = [(f, read_manifest(f)[1]) for f in folders]
+    candidates = [(f, {"accuracy": m["validation"]["accuracy"], "expected_macs": m["expected_macs"]})
+                  for f, m in manifests if "finetune" not in m]
+    chosen = select_solutions([rec for _, rec in candidates], cfg.export.select)
+    return [candidates[i][0] for i, _ in chosen]
+
+
+def _fingerprint(manifest: dict[str, Any], src: Config, epochs: int, lr: float) -> str:
+    recipe = {"parent_weights": manifest.get("files", {}).get(manifest.get("weights", "")),
+              "thresholds": manifest["thresholds"], "epochs": epochs, "lr": lr, "seed": src.seed,
+              "train": dataclasses.asdict(src.train), "augment": dataclasses.asdict(src.data.augment),
+              "batch_size": src.data.batch_size, "exits": dataclasses.asdict(src.exits)}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """One atomic write per epoch (a module function so that tests can interrupt right after it)."""
+    atomic_torch_save(state, path)
+
+
+# ----------------------------------------------------------------------------- training
+def member_loss(outs: list[torch.Tensor], y: torch.Tensor, src: Config, exit_costs: torch.Tensor) -> torch.Tensor:
+    """The supernet's loss for one subnet trained from the labels (see ``supernet.train.member_loss``)."""
+    ec = src.exits
+    exits, final = [o.float() for o in outs[:-1]], outs[-1].float()
+    loss = F.cross_entropy(final, y, label_smoothing=src.train.label_smoothing)
+    if exits:
+        ex = exit_losses.exit_loss(exits, final, y, w_ce=ec.w_ce, w_distill=ec.w_distill,
+                                   temperature=src.train.kd_temperature, criterion=ec.criterion)
+        loss = loss + ex["total"] / len(exits)
+        if ec.criterion == "learned":  # no support set here: it is a supernet-training device
+            loss = loss + exit_losses.learned_exit_terms(
+                exits, y, final_logits=final, costs=exit_costs, max_macs=ec.max_macs, w_cls=ec.w_cls,
+                w_bce=ec.w_bce, w_macs=ec.w_macs, w_support=0.0)["total"]
+    return loss
+
+
+def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
+          exit_costs: np.ndarray, device: torch.device) -> dict[str, Any]:
+    """Fine-tune ``model``'s weights in place; resumes ``ckpt_path`` when it has this fingerprint."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from tqdm import tqdm
+
+    from nachos.data import load_splits, make_loader
+
+    tc = src.train
+    splits = load_splits(src)
+    loader = make_loader(src, splits.train_x, splits.train_y, device, train=True, seed=src.seed,
+                         mean=splits.mean, std=splits.std)
+    net = model.static_net().to(device)
+    optimizer = create_optimizer_v2(net, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=lr,
+                                    weight_decay=tc.weight_decay, momentum=tc.momentum)
+    total = max(1, epochs * len(loader))
+    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=lr * 1e-3, t_in_epochs=False)
+    costs = torch.as_tensor(exit_costs, dtype=torch.float32, device=device)
+    step, start, seconds, history = 0, 0, 0.0, []
+    ckpt = resume_training(ckpt_path, fingerprint, {"model": net, "optimizer": optimizer, "loader": loader})
+    if ckpt is not None:
+        step, start, seconds, history = ckpt["step"], ckpt["epoch"], ckpt["seconds"], ckpt["history"]
+        print(f"resuming {ckpt_path.name} at epoch {start}/{epochs}", file=sys.stderr)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        net.train()
+        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+        for x, y in tqdm(loader, desc=f"finetune epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
+                         disable=not sys.stderr.isatty()):
+            scheduler.step_update(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss = member_loss(net(x), y, src, costs)
+            if not torch.isfinite(loss):
+                raise RunError(f"finetune: non-finite loss at step {step} (epoch {epoch + 1}); lower "
+                               "export.finetune_lr")
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            optimizer.step()
+            step += 1
+            loss_sum += loss.detach().double() * len(y)
+            seen += len(y)
+        elapsed = time.perf_counter() - t0
+        seconds += elapsed
+        history.append({"epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1), "seconds": elapsed})
+        print(f"finetune epoch {epoch + 1}/{epochs}: train loss {history[-1]['train_loss']:.4f}, {elapsed:.0f} s",
+              file=sys.stderr, flush=True)
+        save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "loader": loader.state_dict(),
+                         "rng": rng_state(), "step": step, "epoch": epoch + 1, "seconds": seconds,
+                         "history": history, "fingerprint": fingerprint}, ckpt_path)
+    net.eval()
+    return {"epochs": epochs, "lr": lr, "steps": step, "train_seconds": seconds, "history": history}
+
+
+# ----------------------------------------------------------------------------- thresholds
+@torch.no_grad()
+def validation_cache(model: EarlyExitModel, loader: Any) -> Any:
+    """Every selected exit's and the final classifier's predictions on a split, as the search's
+    ``BackboneCache`` over the export's own exits (position i = selected exit i)."""
+    from eval.evaluate import all_exit_pass
+    from search.scoring import BackboneCache
+
+    pred, conf = all_exit_pass(model, loader)
+    labels = torch.cat([y.cpu() for _, y in loader]).numpy()
+    conf = np.concatenate([conf, np.ones((1, conf.shape[1]), dtype=np.float32)]).astype(np.float32)
+    return BackboneCache("finetuned", pred.astype(np.int16), conf, labels)
+
+
+def choose_thresholds(cache: Any, src: Config, criterion: str, exit_costs: np.ndarray,
+                      budget: float) -> tuple[list[float], list[int]]:
+    """Grid thresholds of highest validation accuracy with expected cost <= ``budget``."""
+    from search.scoring import ExitSetScorer, refine_thresholds, threshold_grid
+
+    s = src.search
+    grid = threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps)
+    scorer = ExitSetScorer(cache, tuple(range(cache.num_positions)), grid, criterion, exit_costs)
+    idx, _, _ = refine_thresholds(scorer, budget * (1 + 1e-9))
+    return [float(grid[j]) for j in idx], [int(j) for j in idx]
+
+
+def validation_figures(model: EarlyExitModel, loader: Any, exit_costs: np.ndarray) -> dict[str, Any]:
+    pred, ex, _, labels = run_early_exit(model, loader)
+    stats = exit_statistics(ex, pred, labels, model.num_exits)
+    return {"split": "val", "images": int(len(labels)), "accuracy": float((pred == labels).mean()),
+            "exit_counts": stats["counts"], "exit_rates": stats["rates"], "exit_accuracy": stats["accuracy"],
+            "expected_macs": expected_cost(stats["counts"], exit_costs)}
+
+
+# ----------------------------------------------------------------------------- one export
+def finetune_export(folder: str | Path, cfg: Config) -> Path:
+    """Fine-tune one export; returns the new export folder ``<id>-ft`` next to it."""
+    from eval.evaluate import source_config
+    from nachos.data import load_splits, make_loader
+
+    folder, m = read_manifest(folder)
+    if "finetune" in m:
+        raise RunError(f"{folder} is already a fine-tuned export; fine-tune its parent "
+                       f"{m['finetune']['parent']} instead")
+    src = source_config(m, cfg)
+    epochs, lr = cfg.export.finetune_epochs, cfg.export.finetune_lr
+    out = folder.parent / f"{folder.name}{SUFFIX}"
+    ckpt_path = folder.parent / f"{folder.name}{SUFFIX}.pt"
+    fp = _fingerprint(m, src, epochs, lr)
+    if (out / MANIFEST).is_file() and read_manifest(out)[1].get("finetune", {}).get("fingerprint") == fp:
+        print(f"{out.name}: already fine-tuned with these settings", file=sys.stderr)
+        return out
+    device = resolve_device(cfg.device)
+    seed_everything(src.seed, cfg.deterministic)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    model = load_exported(folder, device)
+    exit_costs = np.asarray(m["macs"]["exit_costs"], dtype=np.float64)
+    splits = load_splits(src)
+    val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed,
+                             mean=m["input"]["mean"], std=m["input"]["std"])
+    before = validation_figures(model, val_loader, exit_costs)
+    before_backbone = float(validation_cache(model, val_loader).correct[-1].mean())
+
+    t0 = time.perf_counter()
+    info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device)
+    model.eval()
+    cache = validation_cache(model, val_loader)
+    thresholds, idx = choose_thresholds(cache, src, m["criterion"], exit_costs, float(m["expected_macs"]))
+    tuned = EarlyExitModel(model.static_net(), thresholds, m["criterion"], m["input"]["mean"],
+                           m["input"]["std"]).to(device).eval()
+    after = validation_figures(tuned, val_loader, exit_costs)
+    after["search"] = m["validation"].get("search")
+    info.update(parent=folder.name, fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),
+                threshold_budget=float(m["expected_macs"]), parent_thresholds=m["thresholds"],
+                val_before={"accuracy": before["accuracy"], "expected_macs": before["expected_macs"],
+                            "final_classifier_accuracy": before_backbone},
+                val_after={"accuracy": after["accuracy"], "expected_macs": after["expected_macs"],
+                           "final_classifier_accuracy": float(cache.correct[-1].mean())})
+    manifest = dict(m, id=out.name, thresholds=thresholds, threshold_idx=idx,
+                    threshold_source="re-chosen on validation after fine-tuning",
+                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    expected_macs=after["expected_macs"], validation=after, finetune=info, format=FORMAT)
+    for stale in ("checks", "onnx"):  # write_export records what it writes
+        manifest.pop(stale, None)
+    check_x = torch.cat([x.cpu() for x, _ in val_loader])[:64]
+    write_export(out, tuned, manifest, torchscript=cfg.export.torchscript, onnx=cfg.export.onnx,
+                 opset=cfg.export.onnx_opset, check_x=check_x)
+    ckpt_path.unlink(missing_ok=True)  # the export holds the weights now
+    return out
+
+
+def finetune_command(cfg: Config, args: Any) -> int:
+    from eval.export import write_index
+
+    folders = parents(cfg, getattr(args, "export_dir", None), getattr(args, "config", None))
+    print(f"fine-tuning {len(folders)} export(s), {cfg.export.finetune_epochs} epochs at lr "
+          f"{cfg.export.finetune_lr:g}", file=sys.stderr)
+    for folder in folders:
+        out = finetune_export(folder, cfg)
+        ft = read_manifest(out)[1]["finetune"]
+        b, a = ft["val_before"], ft["val_after"]
+        print(f"  {out.name}: val acc {b['accuracy']:.4f} -> {a['accuracy']:.4f} at expected MACs "
+              f"{b['expected_macs'] / 1e6:.3f} M -> {a['expected_macs'] / 1e6:.3f} M (final classifier "
+              f"{b['final_classifier_accuracy']:.4f} -> {a['final_classifier_accuracy']:.4f}), "
+              f"{ft['train_seconds']:.0f} s")
+    if folders and folders[0].parent == export_root(cfg):
+        write_index(cfg)
+    print("evaluate them on the test split with: nachos eval --config <config>")
+    return 0
+
+
+__all__ = ["finetune_export", "finetune_command", "choose_thresholds", "validation_cache", "parents"]

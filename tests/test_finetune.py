@@ -1,0 +1,120 @@
+"""Fine-tuning exports: training helps, thresholds are re-chosen optimally within the parent's
+validation cost, the result is a complete export, runs resume exactly after an interruption."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import eval.finetune as ft
+from eval.export import load_exported, run_early_exit
+from nachos.runtime import RunError
+from tests.test_export import _cfg, exported  # noqa: F401  (module fixture: tiny supernet, search, 2 exports)
+
+
+def _copy(folder: Path, run) -> Path:
+    dest = run.run_dir / "export" / folder.name
+    shutil.copytree(folder, dest)
+    return dest
+
+
+def _val_loader(cfg):
+    from nachos.data import load_splits, make_loader
+
+    s = load_splits(cfg)
+    return make_loader(cfg, s.val_x, s.val_y, "cpu", train=False, seed=cfg.seed, mean=s.mean, std=s.std)
+
+
+def _two_exit_export(exported) -> tuple:
+    cfg, front, folders = exported
+    folder = next(f for f in folders if len(json.loads((f / "arch.json").read_text())["exits"]) == 2)
+    return cfg, folder
+
+
+@pytest.mark.slow
+def test_finetune_trains_and_rechooses_thresholds_within_the_parent_cost(exported, tmp_path: Path) -> None:
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_epochs=4", "export.finetune_lr=0.05")
+    parent = _copy(parent, run)
+    out = ft.finetune_export(parent, run)
+    assert out == parent.parent / f"{parent.name}-ft" and not (parent.parent / f"{parent.name}-ft.pt").exists()
+    m = json.loads((out / "arch.json").read_text())
+    p = json.loads((parent / "arch.json").read_text())
+    info = m["finetune"]
+    assert info["parent"] == parent.name and info["epochs"] == 4 and len(info["history"]) == 4
+    # the random-weight parent learns: its final classifier gains on the held-out validation split
+    assert info["val_after"]["final_classifier_accuracy"] > info["val_before"]["final_classifier_accuracy"] + 0.05
+    assert info["history"][-1]["train_loss"] < info["history"][0]["train_loss"]
+    assert m["arch"] == p["arch"] and m["exits"] == p["exits"] and m["macs"] == p["macs"]
+
+    # thresholds: the best validation accuracy over the whole grid within the parent's expected MACs
+    from search.scoring import score_direct, threshold_grid
+
+    model = load_exported(out)
+    cache = ft.validation_cache(model, _val_loader(run))
+    s = run.search
+    grid = threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps)
+    costs = np.asarray(m["macs"]["exit_costs"])
+    best = max(acc for idx in itertools.product(range(len(grid)), repeat=len(m["exits"]))
+               for acc, _, cost in [score_direct(cache, (0, 1), grid[list(idx)], "softmax", costs)]
+               if cost <= p["expected_macs"] * (1 + 1e-9))
+    assert m["validation"]["accuracy"] == pytest.approx(best, abs=1e-12)
+    assert m["expected_macs"] <= p["expected_macs"] * (1 + 1e-9)
+    assert m["thresholds"] == pytest.approx([float(grid[j]) for j in m["threshold_idx"]])
+
+    # a complete export: the loaded files reproduce the recorded validation figures, all forms agree
+    pred, ex, _, labels = run_early_exit(model, _val_loader(run))
+    counts = np.bincount(ex, minlength=3)
+    assert float((pred == labels).mean()) == pytest.approx(m["validation"]["accuracy"], abs=1e-12)
+    assert float(counts @ costs / len(labels)) == pytest.approx(m["expected_macs"], rel=1e-12)
+    assert m["checks"]["onnx_same_exits"] == 1.0 and m["checks"]["torchscript_same_exits"] == 1.0
+
+    # the parents of a run are the exports not fine-tuned themselves; a fine-tuned one is refused
+    assert ft.parents(run, None) == [parent]
+    second = _copy(next(f for f in exported[2] if f.name != parent.name), run)
+    assert sorted(ft.parents(dataclasses.replace(run, export=dataclasses.replace(run.export, select="all")),
+                             None)) == sorted([parent, second])
+    ms = {f: json.loads((f / "arch.json").read_text()) for f in (parent, second)}
+    best = max(ms, key=lambda f: (ms[f]["validation"]["accuracy"], -ms[f]["expected_macs"]))
+    assert ft.parents(run, None) == [best]  # export.select=best by default
+    with pytest.raises(RunError, match="already a fine-tuned export"):
+        ft.finetune_export(out, run)
+
+
+@pytest.mark.slow
+def test_finetune_resumes_exactly_after_an_interruption(exported, tmp_path: Path, monkeypatch) -> None:
+    cfg, parent = _two_exit_export(exported)
+    settings = ("export.finetune_epochs=2", "export.finetune_lr=0.05", "export.onnx=false",
+                "export.torchscript=false")
+    first = _cfg(tmp_path / "a", *settings)
+    straight = ft.finetune_export(_copy(parent, first), first)
+
+    run = _cfg(tmp_path / "b", *settings)
+    copy = _copy(parent, run)
+    real_save = ft.save_checkpoint
+
+    def save_then_crash(state, path):
+        real_save(state, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune_export(copy, run)
+    assert torch.load(copy.parent / f"{copy.name}-ft.pt", weights_only=False)["epoch"] == 1
+    assert not (copy.parent / f"{copy.name}-ft").exists()  # nothing half-written
+    monkeypatch.setattr(ft, "save_checkpoint", real_save)
+    resumed = ft.finetune_export(copy, run)
+    a, b = load_exported(straight).state_dict(), load_exported(resumed).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((f / "arch.json").read_text()) for f in (straight, resumed))
+    assert ma["thresholds"] == mb["thresholds"] and ma["validation"]["accuracy"] == mb["validation"]["accuracy"]
+
+    # a finished export with the same settings is not trained again
+    monkeypatch.setattr(ft, "train", lambda *a, **k: pytest.fail("retrained a finished export"))
+    assert ft.finetune_export(copy, run) == resumed
