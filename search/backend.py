@@ -48,7 +48,9 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
     theirs, ours = ckpt.get("space_hash"), space.space_hash()
     if theirs != ours:
         raise RunError(f"supernet checkpoint {path} was trained on search space {theirs}, but this config's space is "
-                       f"{ours}; train a supernet for this space: {fix_supernet(cfg, config_path)}")
+                       f"{ours}; give the space settings it was trained with (its {path.parent / 'config.yaml'}: the same "
+                       f"config file and key=value overrides), or train a supernet for this space: "
+                       f"{fix_supernet(cfg, config_path)}")
     return path, ckpt
 
 
