@@ -684,6 +684,10 @@ def setup_lines(run: RunData) -> list[str]:
     if run.exports:
         for sel in (select.split(",") if select != "all" else ["all"]):
             lines.append(f"nachos export {base} export.select={sel}")
+        for e in sorted((e for e in run.exports if e.finetuned), key=lambda e: e.id):
+            ft = e.manifest["finetune"]
+            lines.append(f"nachos finetune {base} {run.dir / 'export' / ft['parent']} "
+                         f"export.finetune_epochs={ft['epochs']} export.finetune_lr={ft['lr']:g}")
         lines.append(f"nachos eval {base}")
     if run.baselines:
         epochs = sorted({b['epochs'] for b in run.baselines})

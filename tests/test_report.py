@@ -342,3 +342,7 @@ def test_finetuned_exports_get_their_own_rows_next_to_their_parent(run_folder, t
     front_row = next(ln for ln in front_lines(run, None) if ln.startswith(f"| {exports[0]} "))
     assert "83.12%" in front_row and "90.71%" not in front_row
     assert "No fine-tuned export" in "\n".join(finetune_lines(load_run(cfg, cfg.run_dir)))
+    from eval.report import setup_lines
+
+    cmd = next(ln for ln in setup_lines(run) if ln.startswith("nachos finetune "))
+    assert cmd.endswith(f"{run_dir / 'export' / exports[0]} export.finetune_epochs=7 export.finetune_lr=0.01")
