@@ -11,9 +11,10 @@ their validation accuracy and expected MACs, as ``nachos export`` picks front so
 Weight sharing ranks candidates cheaply but leaves accuracy on the table: a subnet's inherited
 weights are a compromise with every other subnet (OFA fine-tunes its chosen subnets too). This
 stage trains the chosen network alone: every weight of the backbone and of the selected exit
-heads, with the supernet's member loss (final classifier: cross-entropy with label smoothing;
-each exit: cross-entropy + distillation from the final classifier, averaged over the exits;
-NACHOS's BCE / MACs terms too under the learned criterion), the run's augmentation, SGD and a
+heads, with ``supernet.train.member_loss`` as the largest subnet gets it (final classifier:
+cross-entropy with label smoothing; each exit: cross-entropy + distillation from the final
+classifier, averaged over the exits; NACHOS's BCE / MACs terms under the learned criterion, no
+support set), the run's augmentation, SGD and a
 per-step cosine schedule from ``export.finetune_lr``.
 
 Fine-tuning moves every exit's confidence, so the parent's thresholds no longer mean what they
@@ -39,15 +40,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from eval.export import FORMAT, export_root, load_exported, run_early_exit, select_solutions, write_export
 from eval.metrics import exit_statistics, expected_cost
 from eval.onnx_runner import MANIFEST, read_manifest
 from eval.runtime import EarlyExitModel
-from exits import losses as exit_losses
 from nachos.config import Config
 from nachos.runtime import RunError, atomic_torch_save, resolve_device, resume_training, rng_state, seed_everything
+from supernet.space import Arch
+from supernet.train import _autocast_factory, member_loss
 
 SUFFIX = "-ft"
 
@@ -82,22 +83,6 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- training
-def member_loss(outs: list[torch.Tensor], y: torch.Tensor, src: Config, exit_costs: torch.Tensor) -> torch.Tensor:
-    """The supernet's loss for one subnet trained from the labels (see ``supernet.train.member_loss``)."""
-    ec = src.exits
-    exits, final = [o.float() for o in outs[:-1]], outs[-1].float()
-    loss = F.cross_entropy(final, y, label_smoothing=src.train.label_smoothing)
-    if exits:
-        ex = exit_losses.exit_loss(exits, final, y, w_ce=ec.w_ce, w_distill=ec.w_distill,
-                                   temperature=src.train.kd_temperature, criterion=ec.criterion)
-        loss = loss + ex["total"] / len(exits)
-        if ec.criterion == "learned":  # no support set here: it is a supernet-training device
-            loss = loss + exit_losses.learned_exit_terms(
-                exits, y, final_logits=final, costs=exit_costs, max_macs=ec.max_macs, w_cls=ec.w_cls,
-                w_bce=ec.w_bce, w_macs=ec.w_macs, w_support=0.0)["total"]
-    return loss
-
-
 def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
           exit_costs: np.ndarray, device: torch.device) -> dict[str, Any]:
     """Fine-tune ``model``'s weights in place; resumes ``ckpt_path`` when it has this fingerprint."""
@@ -116,7 +101,12 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
                                     weight_decay=tc.weight_decay, momentum=tc.momentum)
     total = max(1, epochs * len(loader))
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=lr * 1e-3, t_in_epochs=False)
-    costs = torch.as_tensor(exit_costs, dtype=torch.float32, device=device)
+    # the supernet's own member loss, for the one subnet this export is (trained from the labels)
+    learned_macs = src.exits.criterion == "learned" and src.exits.w_macs > 0
+    costs_t = torch.as_tensor(exit_costs, dtype=torch.float32, device=device)
+    costs = (lambda _arch: costs_t) if learned_macs else None
+    arch = Arch.from_dict(model.description()["arch"])
+    autocast = _autocast_factory(device, tc.amp)
     step, start, seconds, history = 0, 0, 0.0, []
     ckpt = resume_training(ckpt_path, fingerprint, {"model": net, "optimizer": optimizer, "loader": loader})
     if ckpt is not None:
@@ -130,7 +120,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
                          disable=not sys.stderr.isatty()):
             scheduler.step_update(step)
             optimizer.zero_grad(set_to_none=True)
-            loss = member_loss(net(x), y, src, costs)
+            loss, _ = member_loss(net, arch, x, y, None, src, costs, None, step, autocast)
             if not torch.isfinite(loss):
                 raise RunError(f"finetune: non-finite loss at step {step} (epoch {epoch + 1}); lower "
                                "export.finetune_lr")
@@ -192,6 +182,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     """Fine-tune one export; returns the new export folder ``<id>-ft`` next to it."""
     from eval.evaluate import source_config
     from nachos.data import load_splits, make_loader
+    from search.scoring import score_direct
 
     folder, m = read_manifest(folder)
     if "finetune" in m:
@@ -214,12 +205,12 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     splits = load_splits(src)
     val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed,
                              mean=m["input"]["mean"], std=m["input"]["std"])
-    before = validation_figures(model, val_loader, exit_costs)
-    before_backbone = float(validation_cache(model, val_loader).correct[-1].mean())
+    before_cache = validation_cache(model, val_loader)
+    before_acc, _, before_macs = score_direct(before_cache, tuple(range(before_cache.num_positions)),
+                                              np.asarray(m["thresholds"]), m["criterion"], exit_costs)
 
     t0 = time.perf_counter()
     info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device)
-    model.eval()
     cache = validation_cache(model, val_loader)
     thresholds, idx = choose_thresholds(cache, src, m["criterion"], exit_costs, float(m["expected_macs"]))
     tuned = EarlyExitModel(model.static_net(), thresholds, m["criterion"], m["input"]["mean"],
@@ -228,8 +219,8 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     after["search"] = m["validation"].get("search")
     info.update(parent=folder.name, fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),
                 threshold_budget=float(m["expected_macs"]), parent_thresholds=m["thresholds"],
-                val_before={"accuracy": before["accuracy"], "expected_macs": before["expected_macs"],
-                            "final_classifier_accuracy": before_backbone},
+                val_before={"accuracy": before_acc, "expected_macs": before_macs,
+                            "final_classifier_accuracy": float(before_cache.correct[-1].mean())},
                 val_after={"accuracy": after["accuracy"], "expected_macs": after["expected_macs"],
                            "final_classifier_accuracy": float(cache.correct[-1].mean())})
     manifest = dict(m, id=out.name, thresholds=thresholds, threshold_idx=idx,

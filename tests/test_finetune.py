@@ -52,6 +52,9 @@ def test_finetune_trains_and_rechooses_thresholds_within_the_parent_cost(exporte
     assert info["val_after"]["final_classifier_accuracy"] > info["val_before"]["final_classifier_accuracy"] + 0.05
     assert info["history"][-1]["train_loss"] < info["history"][0]["train_loss"]
     assert m["arch"] == p["arch"] and m["exits"] == p["exits"] and m["macs"] == p["macs"]
+    # "before" is scored from the prediction cache: it must equal the parent's recorded validation run
+    assert info["val_before"]["accuracy"] == pytest.approx(p["validation"]["accuracy"], abs=1e-12)
+    assert info["val_before"]["expected_macs"] == pytest.approx(p["expected_macs"], rel=1e-12)
 
     # thresholds: the best validation accuracy over the whole grid within the parent's expected MACs
     from search.scoring import score_direct, threshold_grid
