@@ -80,7 +80,12 @@ class Tracker:
 
 
 def _leveldb_records(path: Path) -> list[bytes]:
-    """Records of a .wandb file: a 7-byte file header, then LevelDB-log blocks of 32 KiB."""
+    """Complete records of a .wandb file: a 7-byte file header, then LevelDB-log blocks of 32 KiB.
+
+    wandb-core appends to the file from its own process, so a reader can catch it mid-write: a
+    chunk cut short by the end of the file, and a record whose last chunk is not there yet, are
+    left out instead of being handed to the protobuf parser as if whole.
+    """
     block, header = 32768, 7
     data = path.read_bytes()
     pos, out, pending = header, [], b""
@@ -93,7 +98,7 @@ def _leveldb_records(path: Path) -> list[bytes]:
         kind = data[pos + 6]
         chunk = data[pos + header:pos + header + length]
         pos += header + length
-        if kind == 0 and length == 0:
+        if (kind == 0 and length == 0) or len(chunk) < length:
             break
         pending += chunk
         if kind in (1, 4):  # FULL or LAST closes a record

@@ -97,3 +97,28 @@ def test_disabled_tracker_writes_nothing(tmp_path):
     tracker.log({"x": 1})
     tracker.finish()
     assert not tracker.enabled and not (tmp_path / "run").exists()
+
+
+def _history_record(value: float) -> bytes:
+    from wandb.proto import wandb_internal_pb2
+
+    rec = wandb_internal_pb2.Record()
+    item = rec.history.item.add()
+    item.key, item.value_json = "train/loss", str(value)
+    return rec.SerializeToString()
+
+
+def test_offline_history_reader_skips_a_record_still_being_written(tmp_path):
+    # wandb-core appends from its own process: a reader racing it sees the file cut anywhere.
+    # Each record is one FULL chunk: crc (unchecked here), length, type 1, payload.
+    payloads = [_history_record(v) for v in (1.0, 0.5, 0.25)]
+    data = b":W&B\x00\x00\x00" + b"".join(
+        b"\x00" * 4 + len(p).to_bytes(2, "little") + b"\x01" + p for p in payloads)
+    ends = [7 + sum(7 + len(p) for p in payloads[:i + 1]) for i in range(len(payloads))]
+    run = tmp_path / "offline-run"
+    run.mkdir()
+    for cut in range(7, len(data) + 1):
+        (run / "run-x.wandb").write_bytes(data[:cut])
+        rows = read_offline_history(run)
+        whole = sum(end <= cut for end in ends)
+        assert [r["train/loss"] for r in rows] == [1.0, 0.5, 0.25][:whole], cut
