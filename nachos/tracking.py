@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -107,18 +108,28 @@ def _leveldb_records(path: Path) -> list[bytes]:
     return out
 
 
-def read_offline_history(run_path: str | Path) -> list[dict[str, Any]]:
-    """The logged rows of an offline run, read back from its .wandb file (for tests and reports)."""
+def read_offline_history(run_path: str | Path, wait_s: float = 0.0) -> list[dict[str, Any]]:
+    """The logged rows of an offline run, read back from its .wandb file (for tests and reports).
+
+    ``finish()`` can return before wandb-core has flushed the file; ``wait_s`` > 0 re-reads it
+    until the run's closing ``exit`` record is there, or that many seconds have passed.
+    """
     from wandb.proto import wandb_internal_pb2
 
     files = sorted(Path(run_path).glob("*.wandb"))
     if not files:
         raise FileNotFoundError(f"no .wandb file under {run_path}")
-    rows = []
-    for raw in _leveldb_records(files[0]):
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(raw)
-        if rec.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in rec.history.item})
-    return rows
+    deadline = time.monotonic() + wait_s
+    while True:
+        rows, closed = [], False
+        for raw in _leveldb_records(files[0]):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(raw)
+            kind = rec.WhichOneof("record_type")
+            closed |= kind == "exit"
+            if kind == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in rec.history.item})
+        if closed or time.monotonic() >= deadline:
+            return rows
+        time.sleep(0.2)

@@ -379,7 +379,7 @@ def test_wandb_offline_logs_hypervolume_and_front(tmp_path: Path) -> None:
 
     cfg = fake_cfg(tmp_path, "wandb.mode=offline", "search.generations=2")
     run_search(cfg, backend=FakeBackend(SearchSpace.from_config(cfg.space)), track=True)
-    rows = read_offline_history(sorted((cfg.run_dir / "wandb").glob("offline-run-*"))[-1])
+    rows = read_offline_history(sorted((cfg.run_dir / "wandb").glob("offline-run-*"))[-1], wait_s=30)
     hv = [r["search/nsga2/hypervolume"] for r in rows if "search/nsga2/hypervolume" in r]
     assert len(hv) == 2 and hv[0] <= hv[1]
     assert any("search/nsga2/front/_type" in r or "search/nsga2/front" in r for r in rows)

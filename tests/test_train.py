@@ -71,7 +71,7 @@ def test_two_epochs_learn_and_log_to_wandb(straight: tuple[Config, dict]) -> Non
     assert metrics["device"] == "cpu" and 0 < metrics["seconds"] <= ckpt["seconds"] + 5
 
     [offline] = list((run_dir / "wandb").glob("offline-run-*"))
-    rows = read_offline_history(offline)
+    rows = read_offline_history(offline, wait_s=30)
     steps = [r for r in rows if "train/loss" in r]
     epochs = [r for r in rows if "val/largest/final" in r]
     assert len(steps) == 20 and len(epochs) == 2
