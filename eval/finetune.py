@@ -22,9 +22,10 @@ did. They are re-chosen on the validation split (never the test split) over the 
 threshold grid: the highest accuracy whose expected MACs stay within the parent's own validation
 expected MACs, so the result is comparable with, and no costlier than, the solution the search chose.
 
-Writes ``<export_root>/<id>-ft/``, a complete export (same files and manifest as ``nachos
+Writes ``<export_root>/<id>-ft<epochs>/`` (e.g. ``nsga2-0147-ft10``: fine-tunes of different
+lengths sit side by side), a complete export (same files and manifest as ``nachos
 export``) with a ``finetune`` block (parent, epochs, lr, time, validation before / after), which
-``nachos eval`` and the report treat like any other export. A checkpoint ``<id>-ft.pt`` is
+``nachos eval`` and the report treat like any other export. A checkpoint ``<id>-ft<epochs>.pt`` is
 written atomically after every epoch; a rerun resumes it (or skips a finished export).
 """
 from __future__ import annotations
@@ -50,7 +51,11 @@ from nachos.runtime import RunError, atomic_torch_save, resolve_device, resume_t
 from supernet.space import Arch
 from supernet.train import _autocast_factory, member_loss
 
-SUFFIX = "-ft"
+
+
+def finetuned_name(parent: str, epochs: int) -> str:
+    """The export name of ``parent`` fine-tuned for ``epochs`` epochs."""
+    return f"{parent}-ft{epochs}"
 
 
 # ----------------------------------------------------------------------------- which exports
@@ -179,7 +184,7 @@ def validation_figures(model: EarlyExitModel, loader: Any, exit_costs: np.ndarra
 
 # ----------------------------------------------------------------------------- one export
 def finetune_export(folder: str | Path, cfg: Config) -> Path:
-    """Fine-tune one export; returns the new export folder ``<id>-ft`` next to it."""
+    """Fine-tune one export; returns the new export folder ``<id>-ft<epochs>`` next to it."""
     from eval.evaluate import source_config
     from nachos.data import load_splits, make_loader
     from search.scoring import score_direct
@@ -190,8 +195,8 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
                        f"{m['finetune']['parent']} instead")
     src = source_config(m, cfg)
     epochs, lr = cfg.export.finetune_epochs, cfg.export.finetune_lr
-    out = folder.parent / f"{folder.name}{SUFFIX}"
-    ckpt_path = folder.parent / f"{folder.name}{SUFFIX}.pt"
+    out = folder.parent / finetuned_name(folder.name, epochs)
+    ckpt_path = out.with_name(out.name + ".pt")
     fp = _fingerprint(m, src, epochs, lr)
     if (out / MANIFEST).is_file() and read_manifest(out)[1].get("finetune", {}).get("fingerprint") == fp:
         print(f"{out.name}: already fine-tuned with these settings", file=sys.stderr)
@@ -256,4 +261,4 @@ def finetune_command(cfg: Config, args: Any) -> int:
     return 0
 
 
-__all__ = ["finetune_export", "finetune_command", "choose_thresholds", "validation_cache", "parents"]
+__all__ = ["finetune_export", "finetuned_name", "finetune_command", "choose_thresholds", "validation_cache", "parents"]

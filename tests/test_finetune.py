@@ -43,7 +43,8 @@ def test_finetune_trains_and_rechooses_thresholds_within_the_parent_cost(exporte
     run = _cfg(tmp_path, "export.finetune_epochs=4", "export.finetune_lr=0.05")
     parent = _copy(parent, run)
     out = ft.finetune_export(parent, run)
-    assert out == parent.parent / f"{parent.name}-ft" and not (parent.parent / f"{parent.name}-ft.pt").exists()
+    # named after its length, so fine-tunes of different lengths sit side by side
+    assert out == parent.parent / f"{parent.name}-ft4" and not out.with_name(out.name + ".pt").exists()
     m = json.loads((out / "arch.json").read_text())
     p = json.loads((parent / "arch.json").read_text())
     info = m["finetune"]
@@ -109,8 +110,8 @@ def test_finetune_resumes_exactly_after_an_interruption(exported, tmp_path: Path
     monkeypatch.setattr(ft, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         ft.finetune_export(copy, run)
-    assert torch.load(copy.parent / f"{copy.name}-ft.pt", weights_only=False)["epoch"] == 1
-    assert not (copy.parent / f"{copy.name}-ft").exists()  # nothing half-written
+    assert torch.load(copy.parent / f"{ft.finetuned_name(copy.name, 2)}.pt", weights_only=False)["epoch"] == 1
+    assert not (copy.parent / ft.finetuned_name(copy.name, 2)).exists()  # nothing half-written
     monkeypatch.setattr(ft, "save_checkpoint", real_save)
     resumed = ft.finetune_export(copy, run)
     a, b = load_exported(straight).state_dict(), load_exported(resumed).state_dict()
