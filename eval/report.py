@@ -434,20 +434,23 @@ def inherited_accuracy(run: RunData, arch_key: str, arch: Any) -> float | None:
     return None if cache is None else float(cache.correct[-1].mean())
 
 
-def rank_correlation(run: RunData) -> dict[str, Any]:
-    """Inherited-weight val accuracy (no exits) vs from-scratch accuracy over the baselines."""
+def rank_correlation(run: RunData, epochs: int) -> dict[str, Any]:
+    """Inherited-weight val accuracy (no exits) vs from-scratch accuracy over the baselines trained
+    ``epochs`` epochs (training lengths are not mixed: a longer run would rank higher for that alone)."""
     from scipy.stats import kendalltau, spearmanr
 
     from supernet.space import Arch
 
     pairs = []
     for b in run.baselines:
+        if b.get("epochs") != epochs:
+            continue
         arch = Arch.from_dict(b["arch"])
         inh = inherited_accuracy(run, b.get("arch_key") or arch.key(), arch)
         if inh is not None:
             pairs.append({"tag": b["tag"], "inherited": inh, "scratch_val": b.get("val_accuracy"),
                           "scratch_test": b["test_accuracy"], "macs": b.get("macs")})
-    out: dict[str, Any] = {"pairs": pairs, "n": len(pairs)}
+    out: dict[str, Any] = {"pairs": pairs, "n": len(pairs), "epochs": epochs}
     if len(pairs) >= 3:
         inh = [p["inherited"] for p in pairs]
         for split in ("val", "test"):
@@ -494,11 +497,18 @@ def goal_accuracy(run: RunData) -> Goal:
     return Goal(text, "missed", f"by {100 * (GOAL_ACCURACY - acc):.2f} points; best {where}")
 
 
+def like_for_like(run: RunData, baseline: dict[str, Any]) -> bool:
+    """Whether a static baseline had at least the supernet's training epochs: shorter ones (say,
+    for the rank correlation) would flatter the early-exit networks in a head-to-head."""
+    return baseline.get("epochs", 0) >= run.cfg.train.epochs
+
+
 def baseline_comparison(run: RunData) -> list[dict[str, Any]]:
-    """Per static baseline: the most accurate evaluated EEN with test expected MACs <= its MACs."""
+    """Per like-for-like static baseline: the most accurate evaluated EEN with test expected MACs
+    <= its MACs."""
     evs = evaluated(run)
     out = []
-    for b in sorted(run.baselines, key=lambda b: b["macs"]):
+    for b in sorted((b for b in run.baselines if like_for_like(run, b)), key=lambda b: b["macs"]):
         within = [e for e in evs if e.eval["expected_macs"] <= b["macs"]]
         best = max(within, key=lambda e: e.eval["accuracy"]) if within else None
         out.append({"baseline": b, "een": best,
@@ -508,8 +518,9 @@ def baseline_comparison(run: RunData) -> list[dict[str, Any]]:
 
 def goal_baselines(run: RunData) -> Goal:
     text = "searched EENs beat static baselines of equal expected MACs (test accuracy)"
-    if not run.baselines:
-        return Goal(text, "not run", "no static baseline (`nachos baseline`)")
+    if not any(like_for_like(run, b) for b in run.baselines):
+        return Goal(text, "not run", f"no static baseline trained >= the supernet's {run.cfg.train.epochs} epochs "
+                                     "(`nachos baseline`)")
     if not evaluated(run):
         return Goal(text, "not run", "no evaluated export (`nachos export`, then `nachos eval`)")
     comp = baseline_comparison(run)
@@ -760,10 +771,16 @@ def baseline_lines(run: RunData) -> list[str]:
     lines: list[str] = []
     if run.baselines:
         rows = []
-        for c in baseline_comparison(run):
-            b = c["baseline"]
-            een = (f"{c['een'].id}: {pct(c['een'].eval['accuracy'])} @ {mmacs(c['een'].eval['expected_macs'])} "
-                   f"({points(c['gap'])})" if c["een"] else "none at or below")
+        compared = {id(c["baseline"]): c for c in baseline_comparison(run)}
+        for b in sorted(run.baselines, key=lambda b: b["macs"]):
+            c = compared.get(id(b))
+            if c is None:
+                een = f"not compared: fewer epochs than the supernet's {run.cfg.train.epochs}"
+            elif c["een"] is None:
+                een = "none at or below"
+            else:
+                een = (f"{c['een'].id}: {pct(c['een'].eval['accuracy'])} @ {mmacs(c['een'].eval['expected_macs'])} "
+                       f"({points(c['gap'])})")
             rows.append([b["tag"], b.get("origin", {}).get("kind", "?"), f"`{b.get('arch_str', '')}`", b["epochs"],
                          pct(b["test_accuracy"]), pct(b.get("val_accuracy")), mmacs(b["macs"]), f"{b['params']:,}",
                          duration(b.get("train_seconds")), b.get("device", "?"), een])
@@ -886,23 +903,28 @@ def ablation_lines(run: RunData) -> list[str]:
     lines += ["", "#### Inherited weights vs training from scratch", ""]
 
     def rank_part() -> list[str]:
-        rc = rank_correlation(run)
         if not run.baselines:
             return ["Not run (no static baselines)."]
-        rows = [[p["tag"], pct(p["inherited"]), pct(p["scratch_val"]), pct(p["scratch_test"]), mmacs(p["macs"])]
-                for p in rc["pairs"]]
-        out = table(["baseline", "inherited val acc (no exits)", "scratch val acc", "scratch test acc", "MACs"], rows)
-        if rc["n"] < 3:
-            out += ["", f"Rank correlation: needs at least 3 baselines with an inherited accuracy; have {rc['n']}."]
-        else:
-            def corr(split: str) -> str:
-                if rc[f"spearman_{split}"] is None:
-                    return f"{split}: undefined (constant accuracies)"
-                return f"{split}: Spearman {rc[f'spearman_{split}']:.3f}, Kendall {rc[f'kendall_{split}']:.3f}"
+        out: list[str] = []
+        for epochs in sorted({b.get("epochs") for b in run.baselines if isinstance(b.get("epochs"), int)}):
+            rc = rank_correlation(run, epochs)
+            rows = [[p["tag"], pct(p["inherited"]), pct(p["scratch_val"]), pct(p["scratch_test"]), mmacs(p["macs"])]
+                    for p in rc["pairs"]]
+            out += [f"Baselines trained {epochs} epoch{'s' if epochs != 1 else ''} from scratch:", ""]
+            out += table(["baseline", "inherited val acc (no exits)", "scratch val acc", "scratch test acc", "MACs"],
+                         rows)
+            if rc["n"] < 3:
+                out += ["", f"Rank correlation: needs at least 3 baselines with an inherited accuracy; have {rc['n']}."]
+            else:
+                def corr(split: str) -> str:
+                    if rc[f"spearman_{split}"] is None:
+                        return f"{split}: undefined (constant accuracies)"
+                    return f"{split}: Spearman {rc[f'spearman_{split}']:.3f}, Kendall {rc[f'kendall_{split}']:.3f}"
 
-            out += ["", f"Rank correlation over {rc['n']} backbones: "
-                    + "; ".join(corr(s) for s in ("val", "test") if f"spearman_{s}" in rc) + "."]
-        return out
+                out += ["", f"Rank correlation over {rc['n']} backbones: "
+                        + "; ".join(corr(s) for s in ("val", "test") if f"spearman_{s}" in rc) + "."]
+            out.append("")
+        return out[:-1]
 
     _safe(lines, "Rank correlation", rank_part)
     return lines

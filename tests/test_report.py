@@ -104,11 +104,12 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory):
     from search.run import run_search
 
     out = tmp_path_factory.mktemp("report")
-    cfg = tiny_cfg(out, "export.baselines=front", "export.max_baselines=3", "export.baseline_epochs=1",
-                   "export.report_runs=[nothing-here,empty]")
+    # baselines get the supernet's 2 epochs: like-for-like, so the goal compares them with the EENs
+    cfg = tiny_cfg(out, "export.baselines=front", "export.max_baselines=3", "export.baseline_epochs=2",
+                   "export.report_runs=[nothing-here,empty]", "train.epochs=2")
     # the supernet ran with 4 search generations in its config; the search below overrides it to 3
-    save_config(tiny_cfg(out, "export.baselines=front", "export.max_baselines=3", "export.baseline_epochs=1",
-                         "export.report_runs=[nothing-here,empty]", "search.generations=4"),
+    save_config(tiny_cfg(out, "export.baselines=front", "export.max_baselines=3", "export.baseline_epochs=2",
+                         "export.report_runs=[nothing-here,empty]", "train.epochs=2", "search.generations=4"),
                 cfg.run_dir / "config.yaml")
     (cfg.run_dir / "metrics.json").write_text(json.dumps({"val/largest/final": 0.61, "step": 48, "epochs": 3,
                                                           "best_largest": 0.6123}))
@@ -135,6 +136,8 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory):
     hand = json.loads((bdir / "hand.json").read_text())
     hand["test_accuracy"] = HAND_TEST
     (bdir / "hand.json").write_text(json.dumps(hand))
+    # a shorter-trained copy (as for the rank correlation) that would beat every EEN if compared
+    (bdir / "short.json").write_text(json.dumps(dict(hand, tag="hand-e1", epochs=1, test_accuracy=0.99)))
     (out / "empty").mkdir()
     save_config(load_config(TINY, [f"out_dir={out}", "name=empty"], device_type="cpu"), out / "empty" / "config.yaml")
     docs = out / "docs"
@@ -218,6 +221,11 @@ def test_goals_say_met_or_missed_by_how_much(run_folder) -> None:
     assert "**missed**" in g1 and f"by {100 * (GOAL_ACCURACY - 0.8312):.2f} points" in g1 and "1.88" in g1
     g2 = _goal(sec, "searched EENs beat static baselines")
     assert "**missed**" in g2 and "largest shortfall 6.88 points" in g2
+    # the 1-epoch baseline is no like-for-like rival of EENs from a 2-epoch supernet
+    assert "hand-e1" not in g2
+    short = next(ln for ln in sec.splitlines() if ln.startswith("| hand-e1 "))
+    assert "99.00%" in short and "not compared: fewer epochs than the supernet's 2" in short
+    assert "Baselines trained 1 epoch from scratch:" in sec and "Baselines trained 2 epochs from scratch:" in sec
     g3 = _goal(sec, "early exits save")
     # within 0.5 points of the backbone alone only the first export (0.38 points) with 24.4% saving
     assert "**missed**" in g3 and "by 5.6 points of saving" in g3 and "24.4%" in g3
@@ -274,7 +282,7 @@ def test_baseline_command_skips_finished_baselines(run_folder, capsys: pytest.Ca
     cfg = run_folder[0]
     before = {p.name: p.read_text() for p in (cfg.run_dir / "baselines").glob("*.json")}
     assert baseline_command(cfg, argparse.Namespace()) == 0
-    assert capsys.readouterr().err.count("already trained") == len(before) == 4
+    assert capsys.readouterr().err.count("already trained") == 4 and len(before) == 5  # + the planted hand-e1
     assert {p.name: p.read_text() for p in (cfg.run_dir / "baselines").glob("*.json")} == before
 
 
