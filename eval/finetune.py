@@ -1,8 +1,8 @@
 """``nachos finetune [EXPORT_DIR]``: train exported early-exit networks further, from their
-inherited weights, then re-choose their thresholds on the validation split.
+inherited weights (or again from scratch), then re-choose their thresholds on the validation split.
 
     nachos finetune --config configs/cifar10.yaml [export.select=best|all|3|acc>=0.8|macs<=2.7e6]
-                    [export.finetune_epochs=10 export.finetune_lr=0.01]
+                    [export.finetune_epochs=10 export.finetune_lr=0.01] [export.finetune_init=scratch]
     nachos finetune runs/cifar10/export/nsga2-0147
 
 Which exports: the one given, else those of the run's exports that ``export.select`` picks (by
@@ -14,18 +14,21 @@ stage trains the chosen network alone: every weight of the backbone and of the s
 heads, with ``supernet.train.member_loss`` as the largest subnet gets it (final classifier:
 cross-entropy with label smoothing; each exit: cross-entropy + distillation from the final
 classifier, averaged over the exits; NACHOS's BCE / MACs terms under the learned criterion, no
-support set), the run's augmentation, SGD and a
-per-step cosine schedule from ``export.finetune_lr``.
+support set), the run's augmentation, SGD and a per-step cosine schedule from
+``export.finetune_lr``. With ``export.finetune_init=scratch`` the weights start from a fresh
+random initialisation instead, with the static baselines' schedule (``train.lr``, warm-up
+``train.warmup_epochs``): the searched early-exit network retrained the way ``nachos baseline``
+trains a static one, so the two compare like for like.
 
 Fine-tuning moves every exit's confidence, so the parent's thresholds no longer mean what they
 did. They are re-chosen on the validation split (never the test split) over the search's
 threshold grid: the highest accuracy whose expected MACs stay within the parent's own validation
 expected MACs, so the result is comparable with, and no costlier than, the solution the search chose.
 
-Writes ``<export_root>/<id>-ft<epochs>/`` (e.g. ``nsga2-0147-ft10``: fine-tunes of different
-lengths sit side by side), a complete export (same files and manifest as ``nachos
-export``) with a ``finetune`` block (parent, epochs, lr, time, validation before / after), which
-``nachos eval`` and the report treat like any other export. A checkpoint ``<id>-ft<epochs>.pt`` is
+Writes ``<export_root>/<id>-ft<epochs>/`` (``<id>-scratch<epochs>/`` from scratch; runs of
+different lengths sit side by side), a complete export (same files and manifest as ``nachos
+export``) with a ``finetune`` block (parent, init, epochs, lr, time, validation before / after),
+which ``nachos eval`` and the report treat like any other export. A checkpoint ``<name>.pt`` is
 written atomically after every epoch; a rerun resumes it (or skips a finished export).
 """
 from __future__ import annotations
@@ -49,13 +52,14 @@ from eval.runtime import EarlyExitModel
 from nachos.config import Config
 from nachos.runtime import RunError, atomic_torch_save, resolve_device, resume_training, rng_state, seed_everything
 from supernet.space import Arch
+from supernet.static import StaticEENet
 from supernet.train import _autocast_factory, member_loss
 
 
 
-def finetuned_name(parent: str, epochs: int) -> str:
-    """The export name of ``parent`` fine-tuned for ``epochs`` epochs."""
-    return f"{parent}-ft{epochs}"
+def finetuned_name(parent: str, epochs: int, init: str = "inherited") -> str:
+    """The export name of ``parent`` trained ``epochs`` epochs from ``init`` weights."""
+    return f"{parent}-{'ft' if init == 'inherited' else 'scratch'}{epochs}"
 
 
 # ----------------------------------------------------------------------------- which exports
@@ -74,11 +78,14 @@ def parents(cfg: Config, export_dir: str | None, config_path: str | None = None)
     return [candidates[i][0] for i, _ in chosen]
 
 
-def _fingerprint(manifest: dict[str, Any], src: Config, epochs: int, lr: float) -> str:
+def _fingerprint(manifest: dict[str, Any], src: Config, init: str, epochs: int, lr: float,
+                 warmup_epochs: float) -> str:
     recipe = {"parent_weights": manifest.get("files", {}).get(manifest.get("weights", "")),
               "thresholds": manifest["thresholds"], "epochs": epochs, "lr": lr, "seed": src.seed,
               "train": dataclasses.asdict(src.train), "augment": dataclasses.asdict(src.data.augment),
               "batch_size": src.data.batch_size, "exits": dataclasses.asdict(src.exits)}
+    if init != "inherited":  # (keeps the fingerprints of inherited-weight fine-tunes as they were)
+        recipe.update(init=init, warmup_epochs=warmup_epochs)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -89,7 +96,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 # ----------------------------------------------------------------------------- training
 def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
-          exit_costs: np.ndarray, device: torch.device) -> dict[str, Any]:
+          exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0) -> dict[str, Any]:
     """Fine-tune ``model``'s weights in place; resumes ``ckpt_path`` when it has this fingerprint."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
@@ -105,7 +112,9 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     optimizer = create_optimizer_v2(net, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=lr,
                                     weight_decay=tc.weight_decay, momentum=tc.momentum)
     total = max(1, epochs * len(loader))
-    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=lr * 1e-3, t_in_epochs=False)
+    warmup = min(round(warmup_epochs * len(loader)), total - 1)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=lr * 1e-3, warmup_t=warmup,
+                                  warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False)
     # the supernet's own member loss, for the one subnet this export is (trained from the labels)
     learned_macs = src.exits.criterion == "learned" and src.exits.w_macs > 0
     costs_t = torch.as_tensor(exit_costs, dtype=torch.float32, device=device)
@@ -145,7 +154,8 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
                          "rng": rng_state(), "step": step, "epoch": epoch + 1, "seconds": seconds,
                          "history": history, "fingerprint": fingerprint}, ckpt_path)
     net.eval()
-    return {"epochs": epochs, "lr": lr, "steps": step, "train_seconds": seconds, "history": history}
+    return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": step, "train_seconds": seconds,
+            "history": history}
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -194,10 +204,12 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
         raise RunError(f"{folder} is already a fine-tuned export; fine-tune its parent "
                        f"{m['finetune']['parent']} instead")
     src = source_config(m, cfg)
-    epochs, lr = cfg.export.finetune_epochs, cfg.export.finetune_lr
-    out = folder.parent / finetuned_name(folder.name, epochs)
+    init, epochs = cfg.export.finetune_init, cfg.export.finetune_epochs
+    # from scratch the network gets what the static baselines get, so the two compare like for like
+    lr, warmup = (cfg.export.finetune_lr, 0.0) if init == "inherited" else (src.train.lr, src.train.warmup_epochs)
+    out = folder.parent / finetuned_name(folder.name, epochs, init)
     ckpt_path = out.with_name(out.name + ".pt")
-    fp = _fingerprint(m, src, epochs, lr)
+    fp = _fingerprint(m, src, init, epochs, lr, warmup)
     if (out / MANIFEST).is_file() and read_manifest(out)[1].get("finetune", {}).get("fingerprint") == fp:
         print(f"{out.name}: already fine-tuned with these settings", file=sys.stderr)
         return out
@@ -214,15 +226,18 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     before_acc, _, before_macs = score_direct(before_cache, tuple(range(before_cache.num_positions)),
                                               np.asarray(m["thresholds"]), m["criterion"], exit_costs)
 
+    if init == "scratch":
+        seed_everything(src.seed, cfg.deterministic)  # seeded as the static baselines are
+        model.static_net().load_state_dict(StaticEENet.from_description(m["description"]).state_dict())
     t0 = time.perf_counter()
-    info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device)
+    info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device, warmup)
     cache = validation_cache(model, val_loader)
     thresholds, idx = choose_thresholds(cache, src, m["criterion"], exit_costs, float(m["expected_macs"]))
     tuned = EarlyExitModel(model.static_net(), thresholds, m["criterion"], m["input"]["mean"],
                            m["input"]["std"]).to(device).eval()
     after = validation_figures(tuned, val_loader, exit_costs)
     after["search"] = m["validation"].get("search")
-    info.update(parent=folder.name, fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),
+    info.update(parent=folder.name, init=init, fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),
                 threshold_budget=float(m["expected_macs"]), parent_thresholds=m["thresholds"],
                 val_before={"accuracy": before_acc, "expected_macs": before_macs,
                             "final_classifier_accuracy": float(before_cache.correct[-1].mean())},

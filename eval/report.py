@@ -698,7 +698,9 @@ def setup_lines(run: RunData) -> list[str]:
         for e in sorted((e for e in run.exports if e.finetuned), key=lambda e: e.id):
             ft = e.manifest["finetune"]
             lines.append(f"nachos finetune {base} {run.dir / 'export' / ft['parent']} "
-                         f"export.finetune_epochs={ft['epochs']} export.finetune_lr={ft['lr']:g}")
+                         + (f"export.finetune_epochs={ft['epochs']} export.finetune_init=scratch"
+                            if ft.get("init") == "scratch" else
+                            f"export.finetune_epochs={ft['epochs']} export.finetune_lr={ft['lr']:g}"))
         lines.append(f"nachos eval {base}")
     if run.baselines:
         epochs = sorted({b['epochs'] for b in run.baselines})
@@ -755,13 +757,15 @@ def finetune_lines(run: RunData) -> list[str]:
 
         tp, tf = test(parent), test(e)
         rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {e.manifest['thresholds']}",
-                     f"{ft['epochs']} @ lr {ft['lr']:g}, {duration(ft.get('train_seconds'))}",
+                     f"{ft['epochs']} @ lr {ft['lr']:g}{' from scratch' if ft.get('init') == 'scratch' else ''}, "
+                     f"{duration(ft.get('train_seconds'))}",
                      f"{pct(b['accuracy'])} -> {pct(a['accuracy'])}",
                      f"{mmacs(b['expected_macs'])} -> {mmacs(a['expected_macs'])}",
                      f"{tp[0]} -> {tf[0]}", f"{tp[1]} -> {tf[1]}", f"{tp[2]} -> {tf[2]}"])
     lines = ["Chosen exports trained further alone (`nachos finetune`: backbone and exits, the supernet's member "
-             "loss), thresholds then re-chosen on the validation split within the parent's validation expected "
-             f"MACs. Fine-tuning took {duration(seconds)} in all.", ""]
+             "loss) from their inherited weights, or retrained from fresh weights with the static baselines' "
+             "schedule where marked *from scratch*; thresholds then re-chosen on the validation split within the "
+             f"parent's validation expected MACs. This training took {duration(seconds)} in all.", ""]
     lines += table(["export", "backbone", "exits @ thresholds", "epochs", "val acc (parent -> tuned)",
                     "val exp. MACs", "test acc", "test exp. MACs", "final classifier alone, test acc"], rows)
     return lines

@@ -122,3 +122,35 @@ def test_finetune_resumes_exactly_after_an_interruption(exported, tmp_path: Path
     # a finished export with the same settings is not trained again
     monkeypatch.setattr(ft, "train", lambda *a, **k: pytest.fail("retrained a finished export"))
     assert ft.finetune_export(copy, run) == resumed
+
+
+def test_scratch_init_retrains_from_the_static_baselines_start(exported, tmp_path: Path, monkeypatch) -> None:
+    from nachos.runtime import seed_everything
+    from supernet.static import StaticEENet
+
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_init=scratch", "export.finetune_epochs=3", "export.finetune_lr=0.5",
+               "export.onnx=false", "export.torchscript=false")
+    parent = _copy(parent, run)
+    m = json.loads((parent / "arch.json").read_text())
+    seen = {}
+
+    def fake_train(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0):
+        seen.update(state={k: v.clone() for k, v in model.static_net().state_dict().items()}, epochs=epochs,
+                    lr=lr, warmup=warmup_epochs, ckpt=ckpt_path)
+        return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": 0, "train_seconds": 0.0,
+                "history": []}
+
+    monkeypatch.setattr(ft, "train", fake_train)
+    out = ft.finetune_export(parent, run)
+    assert out == parent.parent / f"{parent.name}-scratch3" and seen["ckpt"] == out.with_name(out.name + ".pt")
+    # the static baselines' schedule, not finetune_lr
+    assert seen["epochs"] == 3 and seen["lr"] == run.train.lr != 0.5 and seen["warmup"] == run.train.warmup_epochs
+    seed_everything(run.seed)
+    fresh = StaticEENet.from_description(m["description"]).state_dict()
+    inherited = load_exported(parent).static_net().state_dict()
+    weights = [k for k in fresh if k.endswith("weight") and fresh[k].dim() > 1]
+    assert weights and all(torch.equal(seen["state"][k], fresh[k]) for k in fresh)
+    assert not any(torch.equal(seen["state"][k], inherited[k]) for k in weights)
+    info = json.loads((out / "arch.json").read_text())["finetune"]
+    assert info["init"] == "scratch" and info["parent"] == parent.name

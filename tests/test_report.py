@@ -331,26 +331,31 @@ def test_finetuned_exports_get_their_own_rows_next_to_their_parent(run_folder, t
     run_dir = tmp_path / cfg.name
     shutil.copytree(cfg.run_dir, run_dir)
     parent = run_dir / "export" / exports[0]
-    tuned = run_dir / "export" / f"{exports[0]}-ft"
-    shutil.copytree(parent, tuned)
-    m = json.loads((tuned / "arch.json").read_text())
-    m["finetune"] = {"parent": exports[0], "epochs": 7, "lr": 0.01, "train_seconds": 125.0,
-                     "val_before": {"accuracy": 0.61, "expected_macs": 3.4e5},
-                     "val_after": {"accuracy": 0.7034, "expected_macs": 3.3e5}}
-    (tuned / "arch.json").write_text(json.dumps(m))
-    ev = json.loads((tuned / "eval.json").read_text())
-    ev.update(accuracy=0.9071, expected_macs=3.31e5)
-    (tuned / "eval.json").write_text(json.dumps(ev))
+    for name, init, lr, seconds in ((f"{exports[0]}-ft7", "inherited", 0.01, 125.0),
+                                    (f"{exports[0]}-scratch7", "scratch", 0.1, 60.0)):
+        tuned = run_dir / "export" / name
+        shutil.copytree(parent, tuned)
+        m = json.loads((tuned / "arch.json").read_text())
+        m["finetune"] = {"parent": exports[0], "init": init, "epochs": 7, "lr": lr, "train_seconds": seconds,
+                         "val_before": {"accuracy": 0.61, "expected_macs": 3.4e5},
+                         "val_after": {"accuracy": 0.7034, "expected_macs": 3.3e5}}
+        (tuned / "arch.json").write_text(json.dumps(m))
+        ev = json.loads((tuned / "eval.json").read_text())
+        ev.update(accuracy=0.9071, expected_macs=3.31e5)
+        (tuned / "eval.json").write_text(json.dumps(ev))
     run = load_run(cfg, run_dir)
     text = "\n".join(finetune_lines(run))
-    row = next(ln for ln in text.splitlines() if ln.startswith(f"| {exports[0]}-ft "))
+    row = next(ln for ln in text.splitlines() if ln.startswith(f"| {exports[0]}-ft7 "))
     assert "61.00% -> 70.34%" in row and "83.12% -> 90.71%" in row and "0.340 M -> 0.331 M" in row
-    assert "7 @ lr 0.01, 2 min 05 s" in row and "took 2 min 05 s in all" in text
+    assert "7 @ lr 0.01, 2 min 05 s" in row and "took 3 min 05 s in all" in text
+    scratch = next(ln for ln in text.splitlines() if ln.startswith(f"| {exports[0]}-scratch7 "))
+    assert "7 @ lr 0.1 from scratch, 60 s" in scratch
     # the front table keeps the parent's (inherited-weight) test figures for the search's solution
     front_row = next(ln for ln in front_lines(run, None) if ln.startswith(f"| {exports[0]} "))
     assert "83.12%" in front_row and "90.71%" not in front_row
     assert "No fine-tuned export" in "\n".join(finetune_lines(load_run(cfg, cfg.run_dir)))
     from eval.report import setup_lines
 
-    cmd = next(ln for ln in setup_lines(run) if ln.startswith("nachos finetune "))
-    assert cmd.endswith(f"{run_dir / 'export' / exports[0]} export.finetune_epochs=7 export.finetune_lr=0.01")
+    cmds = [ln for ln in setup_lines(run) if ln.startswith("nachos finetune ")]
+    assert cmds[0].endswith(f"{run_dir / 'export' / exports[0]} export.finetune_epochs=7 export.finetune_lr=0.01")
+    assert cmds[1].endswith(f"{run_dir / 'export' / exports[0]} export.finetune_epochs=7 export.finetune_init=scratch")
