@@ -1,10 +1,12 @@
 """``nachos baseline``: static networks (no early exit) trained from scratch, the networks a user
 would pick instead of a searched early-exit network.
 
-    nachos baseline --config configs/cifar10.yaml [export.baselines=front|backbones|hand]
+    nachos baseline --config configs/cifar10.yaml [export.baselines=front|backbones|hand|scored]
                     [export.max_baselines=4] [export.baseline_epochs=0]
+    nachos baseline --config configs/cifar10.yaml runs/cifar10/export/nsga2-0147
 
-Which networks (``export.baselines``):
+Given an export folder, the one network is that export's backbone (a static rival of exactly its
+architecture, say at the expected MACs of another export). Otherwise ``export.baselines`` says:
 
 - ``backbones``: the distinct backbones of the run's admissible Pareto front
   (``<run_dir>/search/pareto.json``), at most ``export.max_baselines`` of them spread evenly
@@ -121,6 +123,21 @@ def scored_backbones(cfg: Config, k: int) -> list[tuple[str, Arch, dict[str, Any
         costed = [c for c in costed if c[0] <= cap]
     return [(f"backbone-{key}", arch, {"kind": "scored backbone", "arch_key": key})
             for _, key, arch in spread(costed, k)]
+
+
+def export_backbone(cfg: Config, export_dir: str | Path) -> tuple[str, Arch, dict[str, Any]]:
+    """(tag, arch, origin) of the backbone of one export of this run's space."""
+    from eval.onnx_runner import read_manifest
+
+    folder, m = read_manifest(export_dir)
+    arch = Arch.from_dict(m["arch"])
+    try:
+        SearchSpace.from_config(cfg.space).validate(arch)
+    except ValueError as err:
+        raise RunError(f"export {folder} is not of run {cfg.name}'s search space ({err}); pass the config "
+                       "the export's run was trained with") from None
+    return (f"backbone-{arch.key()}", arch, {"kind": "export backbone", "arch_key": arch.key(), "export": m["id"],
+                                              "expected_macs": m.get("expected_macs")})
 
 
 def choose_baselines(cfg: Config, mode: str, k: int) -> list[tuple[str, Arch, dict[str, Any]]]:
@@ -369,7 +386,9 @@ def baseline_command(cfg: Config, args: Any) -> int:
     epochs = cfg.export.baseline_epochs or run.train.epochs
     if epochs < 1:
         raise RunError("the run's train.epochs is 0; set export.baseline_epochs=N")
-    chosen = choose_baselines(run, cfg.export.baselines, cfg.export.max_baselines)
+    export_dir = getattr(args, "export_dir", None)
+    chosen = ([export_backbone(run, export_dir)] if export_dir
+              else choose_baselines(run, cfg.export.baselines, cfg.export.max_baselines))
     out_dir = run.run_dir / "baselines"
     print(f"{len(chosen)} static baseline(s) of run {run.name}, {epochs} epochs each, on "
           f"{resolve_device(run.device)} -> {out_dir}/", file=sys.stderr)
@@ -386,5 +405,5 @@ def baseline_command(cfg: Config, args: Any) -> int:
     return 0
 
 
-__all__ = ["hand_designed_arch", "choose_baselines", "front_backbones", "run_config", "train_static",
+__all__ = ["hand_designed_arch", "choose_baselines", "export_backbone", "front_backbones", "run_config", "train_static",
            "baseline_command"]

@@ -51,7 +51,8 @@ COMMANDS: dict[str, Command] = {
                     positional=("export_dir",), extra=_eval_args),
     "finetune": Command("eval.finetune:finetune_command", "fine-tune exported models, then re-choose their thresholds",
                         positional=("export_dir",)),
-    "baseline": Command("eval.baselines:baseline_command", "train static baselines (no exits) from scratch"),
+    "baseline": Command("eval.baselines:baseline_command", "train static baselines (no exits) from scratch",
+                        positional=("export_dir",)),
     "report": Command("eval.report:report_command", "write docs/RESULTS.md tables and plots from run folders"),
 }
 

@@ -359,3 +359,34 @@ def test_finetuned_exports_get_their_own_rows_next_to_their_parent(run_folder, t
     cmds = [ln for ln in setup_lines(run) if ln.startswith("nachos finetune ")]
     assert cmds[0].endswith(f"{run_dir / 'export' / exports[0]} export.finetune_epochs=7 export.finetune_lr=0.01")
     assert cmds[1].endswith(f"{run_dir / 'export' / exports[0]} export.finetune_epochs=7 export.finetune_init=scratch")
+
+
+def test_baseline_of_one_export_trains_exactly_its_backbone(run_folder, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from nachos.cli import main
+
+    cfg, front, exports, *_ = run_folder
+    run_dir = tmp_path / cfg.name
+    shutil.copytree(cfg.run_dir, run_dir)
+    for old in (run_dir / "baselines").iterdir():
+        old.unlink()
+    export = run_dir / "export" / exports[1]
+    arch = json.loads((export / "arch.json").read_text())["arch"]
+    overrides = [f"out_dir={tmp_path}", "wandb.mode=disabled", "device=cpu", f"data.cache_dir={ROOT / 'data' / 'cache'}",
+                 "data.train_subset=200", "data.val_subset=100", "export.test_subset=200", "export.baseline_epochs=1"]
+    assert main(["baseline", "--config", str(TINY), str(export), *overrides]) == 0
+    [result] = [json.loads(p.read_text()) for p in (run_dir / "baselines").glob("*.json")]
+    assert result["arch"] == arch and result["tag"] == f"backbone-{Arch.from_dict(arch).key()}"
+    assert result["origin"]["kind"] == "export backbone" and result["origin"]["export"] == exports[1]
+    assert result["epochs"] == 1 and result["exits"] == []
+
+    alien = run_dir / "export" / "alien"  # an export of another space
+    shutil.copytree(export, alien)
+    m = json.loads((alien / "arch.json").read_text())
+    m["arch"]["depths"] = [9] * len(m["arch"]["depths"])
+    (alien / "arch.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["baseline", "--config", str(TINY), str(alien), *overrides]) == 2
+    assert "is not of run tiny's search space (Arch.depths[stage 0] = 9" in capsys.readouterr().err
