@@ -583,19 +583,25 @@ def plot_run(path: Path, run: RunData) -> Path:
     if evs:
         ax.plot([e.eval["expected_macs"] / 1e6 for e in evs], [100 * e.eval["accuracy"] for e in evs], "o-",
                 color="#1f4e79", label=f"exported EENs, inherited weights, test ({len(evs)})")
-    tuned = sorted((e for e in evaluated(run) if e.finetuned), key=lambda e: e.eval["expected_macs"])
-    if tuned:
-        ax.plot([e.eval["expected_macs"] / 1e6 for e in tuned], [100 * e.eval["accuracy"] for e in tuned], "^",
-                color="#6a1b9a", ms=8, label=f"exported EENs, fine-tuned, test ({len(tuned)})")
+    tuned = [e for e in evaluated(run) if e.finetuned]
+    for init, marker, color, what in (("inherited", "^", "#6a1b9a", "fine-tuned"),
+                                      ("scratch", "v", "#c2185b", "retrained from scratch")):
+        pts = [e for e in tuned if e.manifest["finetune"].get("init", "inherited") == init]
+        if pts:
+            ax.plot([e.eval["expected_macs"] / 1e6 for e in pts], [100 * e.eval["accuracy"] for e in pts], marker,
+                    color=color, ms=8, label=f"exported EENs, {what}, test ({len(pts)})")
     for b in run.baselines:
         hand = b.get("origin", {}).get("kind") == "hand-designed"
-        ax.scatter([b["macs"] / 1e6], [100 * b["test_accuracy"]], marker="D" if hand else "s", s=45,
-                   color="#e07b00" if hand else "#b5651d", zorder=4)
-        label = b["tag"] if hand else b["tag"].replace("backbone-", "")[:6]
+        full = like_for_like(run, b)  # shorter-trained ones hollow: not rivals, rank-correlation points
+        ax.scatter([b["macs"] / 1e6], [100 * b["test_accuracy"]], marker="D" if hand else "s", s=45, zorder=4,
+                   color="#e07b00" if hand else "#b5651d", facecolors=None if full else "none")
+        label = (b["tag"] if hand else b["tag"].replace("backbone-", "")[:6]) + ("" if full else f" ({b['epochs']} ep)")
         ax.annotate(label, (b["macs"] / 1e6, 100 * b["test_accuracy"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
-    if run.baselines:
-        ax.scatter([], [], marker="s", color="#b5651d", label="static, from scratch, test")
+    if any(like_for_like(run, b) for b in run.baselines):
+        ax.scatter([], [], marker="s", color="#b5651d", label=f"static, from scratch, >= {run.cfg.train.epochs} epochs, test")
+    if not all(like_for_like(run, b) for b in run.baselines):
+        ax.scatter([], [], marker="s", color="#b5651d", facecolors="none", label="static, shorter training, test")
     if run.dataset == "cifar10":
         for (label, acc, macs), marker in zip(PUBLISHED_CIFAR10, ("*", "P")):
             ax.scatter([macs / 1e6], [100 * acc], marker=marker, s=110, color="#2e7d32", zorder=5,
