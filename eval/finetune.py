@@ -56,7 +56,6 @@ from supernet.static import StaticEENet
 from supernet.train import _autocast_factory, member_loss
 
 
-
 def finetuned_name(parent: str, epochs: int, init: str = "inherited") -> str:
     """The export name of ``parent`` trained ``epochs`` epochs from ``init`` weights."""
     return f"{parent}-{'ft' if init == 'inherited' else 'scratch'}{epochs}"
@@ -194,7 +193,7 @@ def validation_figures(model: EarlyExitModel, loader: Any, exit_costs: np.ndarra
 
 # ----------------------------------------------------------------------------- one export
 def finetune_export(folder: str | Path, cfg: Config) -> Path:
-    """Fine-tune one export; returns the new export folder ``<id>-ft<epochs>`` next to it."""
+    """Fine-tune (or retrain) one export; returns the new export folder (``finetuned_name``) next to it."""
     from eval.evaluate import source_config
     from nachos.data import load_splits, make_loader
     from search.scoring import score_direct

@@ -599,7 +599,8 @@ def plot_run(path: Path, run: RunData) -> Path:
         ax.annotate(label, (b["macs"] / 1e6, 100 * b["test_accuracy"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     if any(like_for_like(run, b) for b in run.baselines):
-        ax.scatter([], [], marker="s", color="#b5651d", label=f"static, from scratch, >= {run.cfg.train.epochs} epochs, test")
+        ax.scatter([], [], marker="s", color="#b5651d",
+                   label=f"static, from scratch, >= {run.cfg.train.epochs} epochs, test")
     if not all(like_for_like(run, b) for b in run.baselines):
         ax.scatter([], [], marker="s", color="#b5651d", facecolors="none", label="static, shorter training, test")
     if run.dataset == "cifar10":

@@ -374,7 +374,8 @@ def test_baseline_of_one_export_trains_exactly_its_backbone(run_folder, tmp_path
         old.unlink()
     export = run_dir / "export" / exports[1]
     arch = json.loads((export / "arch.json").read_text())["arch"]
-    overrides = [f"out_dir={tmp_path}", "wandb.mode=disabled", "device=cpu", f"data.cache_dir={ROOT / 'data' / 'cache'}",
+    overrides = [f"out_dir={tmp_path}", "wandb.mode=disabled", "device=cpu",
+                 f"data.cache_dir={ROOT / 'data' / 'cache'}",
                  "data.train_subset=200", "data.val_subset=100", "export.test_subset=200", "export.baseline_epochs=1"]
     assert main(["baseline", "--config", str(TINY), str(export), *overrides]) == 0
     [result] = [json.loads(p.read_text()) for p in (run_dir / "baselines").glob("*.json")]
