@@ -20,7 +20,7 @@ from nachos.config import load_config
 from nachos.runtime import resolve_device, seed_everything
 from supernet.network import create_supernet
 from supernet.space import SearchSpace
-from supernet.train import _autocast_factory, member_loss, sandwich
+from supernet.train import autocast_factory, member_loss, sandwich
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(cfg.device)
     batch = 32 if quick else cfg.data.batch_size
     reps = 3 if quick else 6
-    autocast = _autocast_factory(device, cfg.train.amp)
+    autocast = autocast_factory(device, cfg.train.amp)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
 
     space = SearchSpace(cfg.space)

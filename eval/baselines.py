@@ -33,7 +33,6 @@ epoch; a rerun resumes an unfinished baseline from its checkpoint and skips fini
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -52,6 +51,7 @@ from nachos.config import Config, ConfigError, config_to_dict, load_config
 from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, resolve_device,
                             resume_training, rng_state, seed_everything)
 from supernet.space import Arch, SearchSpace
+from supernet.train import autocast_factory, warmup_cosine
 
 FORMAT = "nachos-baseline"
 VERSION = 1
@@ -244,18 +244,11 @@ def accuracy(model: torch.nn.Module, loader: Any, memory_format: torch.memory_fo
     return (float(hits) / n if n else float("nan")), n
 
 
-def _autocast(device: torch.device, enabled: bool) -> Callable[[], Any]:
-    if device.type == "cuda" and enabled:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | Path, *,
                  origin: dict[str, Any] | None = None, resume: bool = True) -> dict[str, Any]:
     """Train ``arch`` without exits from scratch with the supernet's recipe; evaluate on val and
     test; write ``<out_dir>/<tag>.json`` (returned) and the checkpoint ``<tag>.pt``."""
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
     from tqdm import tqdm
 
     from eval.evaluate import test_order
@@ -271,7 +264,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-    autocast = _autocast(device, tc.amp)
+    autocast = autocast_factory(device, tc.amp)
     space = SearchSpace.from_config(cfg.space)
     space.validate(arch)
     fp = _fingerprint(cfg, arch, epochs)
@@ -282,12 +275,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     model = StaticEENet.from_config(cfg.space, cfg.exits, arch, []).to(device).to(memory_format=memory_format)
     optimizer = create_optimizer_v2(model, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=tc.lr,
                                     weight_decay=tc.weight_decay, momentum=tc.momentum)
-    steps_per_epoch = len(loader)
-    total_steps = max(1, epochs * steps_per_epoch)
-    warmup_steps = min(round(tc.warmup_epochs * steps_per_epoch), total_steps - 1)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=tc.lr * 1e-3,
-                                  warmup_t=warmup_steps, warmup_lr_init=tc.lr * 0.01, warmup_prefix=True,
-                                  t_in_epochs=False)
+    scheduler = warmup_cosine(optimizer, tc.lr, epochs * len(loader), tc.warmup_epochs, len(loader))
 
     step, start_epoch, seconds, history = 0, 0, 0.0, []
     ckpt = resume_training(ckpt_path, fp, {"model": model, "optimizer": optimizer, "scheduler": scheduler,

@@ -367,7 +367,7 @@ def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, 
     from nachos.data import load_splits, make_loader
     from search.backend import build_supernet, load_checkpoint
     from supernet.space import SearchSpace
-    from supernet.train import _autocast_factory, calibration_batches, evaluate_subnet
+    from supernet.train import autocast_factory, calibration_batches, evaluate_subnet
 
     device = resolve_device(cfg.device)
     if cfg.num_threads:
@@ -383,7 +383,7 @@ def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, 
     order = test_order(splits.test_y, splits.num_classes, cfg.export.test_subset, cfg.seed)
     loader = make_loader(cfg, splits.test_x[order], splits.test_y[order], device, train=False, seed=cfg.seed,
                          mean=splits.mean, std=splits.std)
-    autocast = _autocast_factory(device, cfg.train.amp)
+    autocast = autocast_factory(device, cfg.train.amp)
     result: dict[str, Any] = {"split": "test", "images": int(len(order)), "checkpoint": str(path),
                               "epoch": ckpt.get("epoch"), "bn_calib_batches": cfg.train.bn_calib_batches}
     with torch.no_grad():

@@ -53,7 +53,7 @@ from nachos.config import Config
 from nachos.runtime import RunError, atomic_torch_save, resolve_device, resume_training, rng_state, seed_everything
 from supernet.space import Arch
 from supernet.static import StaticEENet
-from supernet.train import _autocast_factory, member_loss
+from supernet.train import autocast_factory, member_loss, warmup_cosine
 
 
 def finetuned_name(parent: str, epochs: int, init: str = "inherited") -> str:
@@ -98,7 +98,6 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
           exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0) -> dict[str, Any]:
     """Fine-tune ``model``'s weights in place; resumes ``ckpt_path`` when it has this fingerprint."""
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
     from tqdm import tqdm
 
     from nachos.data import load_splits, make_loader
@@ -110,16 +109,13 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     net = model.static_net().to(device)
     optimizer = create_optimizer_v2(net, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=lr,
                                     weight_decay=tc.weight_decay, momentum=tc.momentum)
-    total = max(1, epochs * len(loader))
-    warmup = min(round(warmup_epochs * len(loader)), total - 1)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=lr * 1e-3, warmup_t=warmup,
-                                  warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False)
+    scheduler = warmup_cosine(optimizer, lr, epochs * len(loader), warmup_epochs, len(loader))
     # the supernet's own member loss, for the one subnet this export is (trained from the labels)
     learned_macs = src.exits.criterion == "learned" and src.exits.w_macs > 0
     costs_t = torch.as_tensor(exit_costs, dtype=torch.float32, device=device)
     costs = (lambda _arch: costs_t) if learned_macs else None
     arch = Arch.from_dict(model.description()["arch"])
-    autocast = _autocast_factory(device, tc.amp)
+    autocast = autocast_factory(device, tc.amp)
     step, start, seconds, history = 0, 0, 0.0, []
     ckpt = resume_training(ckpt_path, fingerprint, {"model": net, "optimizer": optimizer, "loader": loader})
     if ckpt is not None:

@@ -504,26 +504,27 @@ def like_for_like(run: RunData, baseline: dict[str, Any]) -> bool:
 
 
 def baseline_comparison(run: RunData) -> list[dict[str, Any]]:
-    """Per like-for-like static baseline: the most accurate evaluated EEN with test expected MACs
-    <= its MACs."""
+    """Per static baseline (by MACs): whether it is a like-for-like rival and, if so, the most
+    accurate evaluated EEN with test expected MACs <= its MACs."""
     evs = evaluated(run)
     out = []
-    for b in sorted((b for b in run.baselines if like_for_like(run, b)), key=lambda b: b["macs"]):
-        within = [e for e in evs if e.eval["expected_macs"] <= b["macs"]]
+    for b in sorted(run.baselines, key=lambda b: b["macs"]):
+        rival = like_for_like(run, b)
+        within = [e for e in evs if e.eval["expected_macs"] <= b["macs"]] if rival else []
         best = max(within, key=lambda e: e.eval["accuracy"]) if within else None
-        out.append({"baseline": b, "een": best,
+        out.append({"baseline": b, "rival": rival, "een": best,
                     "gap": None if best is None else best.eval["accuracy"] - b["test_accuracy"]})
     return out
 
 
 def goal_baselines(run: RunData) -> Goal:
     text = "searched EENs beat static baselines of equal expected MACs (test accuracy)"
-    if not any(like_for_like(run, b) for b in run.baselines):
+    comp = [c for c in baseline_comparison(run) if c["rival"]]
+    if not comp:
         return Goal(text, "not run", f"no static baseline trained >= the supernet's {run.cfg.train.epochs} epochs "
                                      "(`nachos baseline`)")
     if not evaluated(run):
         return Goal(text, "not run", "no evaluated export (`nachos export`, then `nachos eval`)")
-    comp = baseline_comparison(run)
     lost = [c for c in comp if c["een"] is None or c["gap"] < 0]
     parts = []
     for c in comp:
@@ -782,10 +783,9 @@ def baseline_lines(run: RunData) -> list[str]:
     lines: list[str] = []
     if run.baselines:
         rows = []
-        compared = {id(c["baseline"]): c for c in baseline_comparison(run)}
-        for b in sorted(run.baselines, key=lambda b: b["macs"]):
-            c = compared.get(id(b))
-            if c is None:
+        for c in baseline_comparison(run):
+            b = c["baseline"]
+            if not c["rival"]:
                 een = f"not compared: fewer epochs than the supernet's {run.cfg.train.epochs}"
             elif c["een"] is None:
                 een = "none at or below"

@@ -117,6 +117,16 @@ def all_reduce_mean(values: torch.Tensor, ddp: Dist) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- sandwich
+def warmup_cosine(optimizer: torch.optim.Optimizer, lr: float, total_steps: int, warmup_epochs: float,
+                  steps_per_epoch: int) -> CosineLRScheduler:
+    """Per-step schedule of every training here: linear warm-up from 1% of ``lr`` over
+    ``warmup_epochs``, then cosine to 1e-3 of it at ``total_steps`` (drive with ``step_update``)."""
+    total_steps = max(1, total_steps)
+    warmup = min(round(warmup_epochs * steps_per_epoch), total_steps - 1)
+    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup), lr_min=lr * 1e-3, warmup_t=warmup,
+                             warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False)
+
+
 def sandwich(space: SearchSpace, n_random: int, seed: int, step: int,
              accept: Callable[[Arch], bool] | None = None, max_tries: int = 10_000) -> list[tuple[str, Arch]]:
     """The subnets trained at ``step``: a pure function of (seed, step), so every rank and every
@@ -436,7 +446,7 @@ class StopRequest:
 
 
 # ----------------------------------------------------------------------------- training
-def _autocast_factory(device: torch.device, enabled: bool) -> Callable[[], Any]:
+def autocast_factory(device: torch.device, enabled: bool) -> Callable[[], Any]:
     if device.type == "cuda" and enabled:
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
@@ -492,10 +502,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                                     momentum=tc.momentum)  # timm's "sgd" is nesterov
     steps_per_epoch = len(loader)
     total_steps = max(1, tc.epochs * steps_per_epoch)
-    warmup_steps = min(round(tc.warmup_epochs * steps_per_epoch), total_steps - 1)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=tc.lr * 1e-3,
-                                  warmup_t=warmup_steps, warmup_lr_init=tc.lr * 0.01, warmup_prefix=True,
-                                  t_in_epochs=False)
+    scheduler = warmup_cosine(optimizer, tc.lr, total_steps, tc.warmup_epochs, steps_per_epoch)
     costs = ExitCosts(cfg, space, ddp) if learned and cfg.exits.w_macs > 0 else None
     # as ExitCosts: rank 0 builds (or reads) the MAC table first, the other ranks then read it
     accept = budget_filter(cfg, space) if ddp.main else None
@@ -503,7 +510,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
         dist.barrier()
     if not ddp.main:
         accept = budget_filter(cfg, space)
-    autocast = _autocast_factory(device, tc.amp)
+    autocast = autocast_factory(device, tc.amp)
     params = [p for p in model.parameters() if p.requires_grad]
 
     step, start_epoch, best, seconds_before = 0, 0, -1.0, 0.0
