@@ -194,6 +194,56 @@ def all_exit_pass(model: EarlyExitModel, loader: Any) -> tuple[np.ndarray, np.nd
     return torch.cat(preds, 1).numpy(), torch.cat(confs, 1).numpy()
 
 
+@torch.no_grad()
+def validation_cache(model: EarlyExitModel, loader: Any) -> Any:
+    """Every selected exit's and the final classifier's predictions on a split, as the search's
+    ``BackboneCache`` over the export's own exits (position i = selected exit i)."""
+    from search.scoring import BackboneCache
+
+    pred, conf = all_exit_pass(model, loader)
+    labels = torch.cat([y.cpu() for _, y in loader]).numpy()
+    conf = np.concatenate([conf, np.ones((1, conf.shape[1]), dtype=np.float32)]).astype(np.float32)
+    return BackboneCache("export", pred.astype(np.int16), conf, labels)
+
+
+def choose_thresholds(cache: Any, src: Config, criterion: str, exit_costs: np.ndarray, budget: float = np.inf,
+                      min_accuracy: float | None = None) -> tuple[list[float], list[int]]:
+    """Grid thresholds (``src.search.threshold_*``) of highest accuracy on ``cache`` with expected cost
+    <= ``budget``, or, given ``min_accuracy``, of lowest expected cost with accuracy >= it."""
+    from search.scoring import ExitSetScorer, refine_thresholds, threshold_grid
+
+    s = src.search
+    grid = threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps)
+    scorer = ExitSetScorer(cache, tuple(range(cache.num_positions)), grid, criterion, exit_costs)
+    idx, _, _ = refine_thresholds(scorer, budget * (1 + 1e-9), min_accuracy=min_accuracy)
+    return [float(grid[j]) for j in idx], [int(j) for j in idx]
+
+
+def operating_point(val_cache: Any, test_pred: np.ndarray, test_conf: np.ndarray, labels: np.ndarray, src: Config,
+                    criterion: str, exit_costs: np.ndarray, backbone_macs: float, max_drop: float) -> dict[str, Any]:
+    """The export's own exits at the cheapest thresholds whose VALIDATION accuracy is at most
+    ``max_drop`` below its final classifier's (what a deployer who may lose ``max_drop`` would pick),
+    then scored on the test predictions (``test_pred`` (E+1, N), ``test_conf`` (E, N)). A head whose
+    threshold never lets a sample out still costs its MACs: the export's exit set is fixed."""
+    from search.scoring import score_direct
+
+    final_val = float(val_cache.correct[-1].mean())
+    thresholds, idx = choose_thresholds(val_cache, src, criterion, exit_costs, min_accuracy=final_val - max_drop)
+    val_acc, _, val_macs = score_direct(val_cache, tuple(range(val_cache.num_positions)), np.asarray(thresholds),
+                                        criterion, exit_costs)
+    taken = decide_exits(torch.from_numpy(test_conf), torch.tensor(thresholds), criterion).numpy()
+    pred = test_pred[taken, np.arange(len(labels))]
+    counts = np.bincount(taken, minlength=len(exit_costs))
+    acc, final_test = float((pred == labels).mean()), float((test_pred[-1] == labels).mean())
+    macs = expected_cost(counts.tolist(), exit_costs)
+    return {"rule": "cheapest grid thresholds with validation accuracy >= final classifier - max_accuracy_drop",
+            "max_accuracy_drop": max_drop, "thresholds": thresholds, "threshold_idx": idx,
+            "val": {"accuracy": val_acc, "final_classifier_accuracy": final_val, "expected_macs": val_macs},
+            "test": {"accuracy": acc, "final_classifier_accuracy": final_test, "loss_vs_final": final_test - acc,
+                     "expected_macs": macs, "saving_vs_backbone": 1.0 - macs / backbone_macs,
+                     "exit_rates": (counts / counts.sum()).tolist()}}
+
+
 def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
     """Evaluate one export on the test split; writes eval.json / eval.md / eval.png into it."""
     from nachos.data import load_splits, make_loader
@@ -236,6 +286,10 @@ def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
         "validation": {k: m["validation"].get(k) for k in ("accuracy", "expected_macs", "exit_rates")},
         "mac_convention": m["macs"]["convention"],
     }
+    val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed, mean=mean, std=std)
+    result["operating_point"] = operating_point(validation_cache(model, val_loader), all_pred, conf, labels, src,
+                                                model.criterion, costs, float(m["macs"]["backbone"]),
+                                                cfg.export.max_accuracy_drop)
     result["seconds_accuracy_pass"] = time.perf_counter() - t0
     k = min(cfg.export.latency_images, n)
     if k:
@@ -287,6 +341,15 @@ def markdown(result: dict[str, Any], m: dict[str, Any]) -> str:
                              f"expected {b['early_exit_expected_ms']:.3f} ms | "
                              f"{full['median_ms']:.3f} ms ({full['p10_ms']:.3f}-{full['p90_ms']:.3f}) | "
                              f"{b['ratio']:.3f} (expected {b['expected_ratio']:.3f}) |")
+    op = r.get("operating_point")
+    if op:
+        t = op["test"]
+        lines += ["", f"Operating point within {100 * op['max_accuracy_drop']:g} points of the final classifier "
+                      f"(thresholds {op['thresholds']}, the cheapest on the validation split whose accuracy is at "
+                      f"most that below the final classifier's {op['val']['final_classifier_accuracy']:.4f}): "
+                      f"test accuracy {t['accuracy']:.4f} (final classifier {t['final_classifier_accuracy']:.4f}) "
+                      f"at {t['expected_macs'] / 1e6:.4f} M expected MACs, {100 * t['saving_vs_backbone']:.1f}% "
+                      f"below the backbone; exit rates {[round(x, 3) for x in t['exit_rates']]}."]
     lines += ["", f"MAC convention: {r['mac_convention']}", ""]
     return "\n".join(lines)
 
@@ -353,6 +416,12 @@ def _print(result: dict[str, Any]) -> None:
               f"{lat['early_exit']['median_ms']:.3f} ms, "
               f"expected {lat['early_exit_expected_ms']:.3f} ms vs backbone {lat['full_backbone']['median_ms']:.3f} ms "
               f"(ratio {lat['ratio']:.3f}, expected {lat['expected_ratio']:.3f})")
+    op = r.get("operating_point")
+    if op:
+        t = op["test"]
+        print(f"  within {100 * op['max_accuracy_drop']:g} points of the final classifier (thresholds chosen on "
+              f"validation {op['thresholds']}): test accuracy {t['accuracy']:.4f} at {t['expected_macs'] / 1e6:.4f} M "
+              f"({100 * t['saving_vs_backbone']:.1f}% saving)")
     print(f"  reports: {Path(r['export_dir']) / 'eval.md'}")
 
 

@@ -1,6 +1,6 @@
 """``nachos export``: chosen search solutions as standalone early-exit models.
 
-    nachos export --config configs/cifar10.yaml [export.select=best|all|3|acc>=0.8|macs<=2.7e6]
+    nachos export --config configs/cifar10.yaml [export.select=best|all|3|acc>=0.8|macs<=2.7e6|hand]
 
 For each chosen solution of ``<run_dir>/search/pareto.json`` (the admissible Pareto set):
 BN statistics recalibrated for that subnet on fixed un-augmented training batches (the very
@@ -116,8 +116,8 @@ def select_solutions(front: list[Record], select: str) -> list[tuple[int, Record
     m = _RULE.match(s)
     if m is None:
         raise RunError(f"export.select={select!r} is not understood; use best, all, an index (0..{len(front) - 1}), "
-                       "acc>=X (cheapest with validation accuracy >= X) or macs<=X (most accurate with expected "
-                       "MACs <= X)")
+                       "acc>=X (cheapest with validation accuracy >= X), macs<=X (most accurate with expected "
+                       "MACs <= X) or, for nachos export, hand")
     field, op, text = m.groups()
     try:
         value = float(text)
@@ -143,7 +143,9 @@ def select_solutions(front: list[Record], select: str) -> list[tuple[int, Record
                    "below a MAC budget)")
 
 
-def export_id(index: int, rec: Record) -> str:
+def export_id(index: int | None, rec: Record) -> str:
+    if "name" in rec:
+        return str(rec["name"])
     if "id" in rec:
         return f"{rec.get('algorithm', 'search')}-{int(rec['id']):04d}"
     return f"front-{index:03d}"
@@ -384,6 +386,32 @@ class Exporter:
         s = self.backend.splits
         return EarlyExitModel(net, thresholds, self.criterion, s.mean, s.std).eval(), thresholds, source
 
+    def hand_record(self) -> Record:
+        """The space's hand-designed network as a solution record: the cheapest exits and thresholds
+        (every subset of its exit positions) whose validation accuracy from the supernet's weights is
+        at most ``export.max_accuracy_drop`` below its own final classifier's, scored as the search
+        scores (BN recalibration, prediction cache)."""
+        from eval.baselines import hand_designed_arch
+        from search.scoring import cheapest_exit_configuration, threshold_grid
+
+        arch = hand_designed_arch(self.space)
+        cache = self.backend.prediction_cache(arch)
+        s = self.cfg.search
+        final = float(cache.correct[-1].mean())
+        best = cheapest_exit_configuration(
+            cache, self.space.available_exits(arch), lambda ex: self.backend.exit_macs(arch, ex),
+            threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps), self.criterion,
+            final - self.cfg.export.max_accuracy_drop)
+        exits = tuple(best["exits"])
+        counts = np.asarray(best["counts"], dtype=np.float64)
+        return {"name": "hand-exits", "algorithm": "hand", "arch": arch.to_dict(), "exits": best["exits"],
+                "thresholds": best["thresholds"], "threshold_idx": best["threshold_idx"],
+                "accuracy": best["accuracy"], "expected_macs": best["expected_cost"],
+                "peak_macs": float(self.backend.exit_macs(arch, exits)[-1]),
+                "params": int(self.backend.params(arch, exits)), "exit_counts": best["counts"],
+                "exit_rates": (counts / counts.sum()).tolist(), "final_classifier_accuracy": final,
+                "max_accuracy_drop": self.cfg.export.max_accuracy_drop}
+
     def validation(self, model: EarlyExitModel, rec: Record, exit_costs: np.ndarray) -> dict[str, Any]:
         from eval.metrics import exit_statistics, expected_cost
 
@@ -408,7 +436,7 @@ class Exporter:
             out["same_exits_as_search"] = float((search_exit == ex).mean())
         return out
 
-    def export(self, index: int, rec: Record) -> Path:
+    def export(self, index: int | None, rec: Record) -> Path:
         cfg = self.cfg
         t0 = time.perf_counter()
         model, thresholds, thr_source = self.build(rec)
@@ -483,8 +511,11 @@ def write_index(cfg: Config) -> Path:
 
 def run_export(cfg: Config, config_path: str | None = None, select: str | None = None) -> list[Path]:
     exporter = Exporter(cfg, config_path)
-    chosen = select_solutions(exporter.search["front"], select or cfg.export.select)
-    folders = [exporter.export(i, rec) for i, rec in chosen]
+    select = select or cfg.export.select
+    if select.strip().lower() == "hand":
+        folders = [exporter.export(None, exporter.hand_record())]
+    else:
+        folders = [exporter.export(i, rec) for i, rec in select_solutions(exporter.search["front"], select)]
     write_index(cfg)
     return folders
 

@@ -154,31 +154,6 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
 
 
 # ----------------------------------------------------------------------------- thresholds
-@torch.no_grad()
-def validation_cache(model: EarlyExitModel, loader: Any) -> Any:
-    """Every selected exit's and the final classifier's predictions on a split, as the search's
-    ``BackboneCache`` over the export's own exits (position i = selected exit i)."""
-    from eval.evaluate import all_exit_pass
-    from search.scoring import BackboneCache
-
-    pred, conf = all_exit_pass(model, loader)
-    labels = torch.cat([y.cpu() for _, y in loader]).numpy()
-    conf = np.concatenate([conf, np.ones((1, conf.shape[1]), dtype=np.float32)]).astype(np.float32)
-    return BackboneCache("finetuned", pred.astype(np.int16), conf, labels)
-
-
-def choose_thresholds(cache: Any, src: Config, criterion: str, exit_costs: np.ndarray,
-                      budget: float) -> tuple[list[float], list[int]]:
-    """Grid thresholds of highest validation accuracy with expected cost <= ``budget``."""
-    from search.scoring import ExitSetScorer, refine_thresholds, threshold_grid
-
-    s = src.search
-    grid = threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps)
-    scorer = ExitSetScorer(cache, tuple(range(cache.num_positions)), grid, criterion, exit_costs)
-    idx, _, _ = refine_thresholds(scorer, budget * (1 + 1e-9))
-    return [float(grid[j]) for j in idx], [int(j) for j in idx]
-
-
 def validation_figures(model: EarlyExitModel, loader: Any, exit_costs: np.ndarray) -> dict[str, Any]:
     pred, ex, _, labels = run_early_exit(model, loader)
     stats = exit_statistics(ex, pred, labels, model.num_exits)
@@ -190,7 +165,7 @@ def validation_figures(model: EarlyExitModel, loader: Any, exit_costs: np.ndarra
 # ----------------------------------------------------------------------------- one export
 def finetune_export(folder: str | Path, cfg: Config) -> Path:
     """Fine-tune (or retrain) one export; returns the new export folder (``finetuned_name``) next to it."""
-    from eval.evaluate import source_config
+    from eval.evaluate import choose_thresholds, source_config, validation_cache
     from nachos.data import load_splits, make_loader
     from search.scoring import score_direct
 
@@ -271,4 +246,4 @@ def finetune_command(cfg: Config, args: Any) -> int:
     return 0
 
 
-__all__ = ["finetune_export", "finetuned_name", "finetune_command", "choose_thresholds", "validation_cache", "parents"]
+__all__ = ["finetune_export", "finetuned_name", "finetune_command", "parents"]

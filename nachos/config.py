@@ -146,7 +146,11 @@ class SearchConfig:
 
 @dataclass
 class ExportConfig:
-    select: str = _f("best", help="'best', 'all', an index, 'acc>=0.8' or 'macs<=2.7e6'")
+    select: str = _f("best", help="'best', 'all', an index, 'acc>=0.8' or 'macs<=2.7e6'; export only: 'hand' (the "
+                     "space's hand-designed network with the exits and thresholds of max_accuracy_drop)")
+    max_accuracy_drop: float = _f(0.005, lo=0.0, hi=1.0, help="exits chosen for a fixed backbone (export.select=hand, "
+                                  "eval's operating point): the cheapest exits and thresholds whose validation "
+                                  "accuracy is at most this below the network's own final classifier")
     onnx: bool = _f(True, help="also write ONNX segment graphs")
     torchscript: bool = _f(True, help="also write a TorchScript early-exit model")
     onnx_opset: int = _f(17, lo=13, hi=21, help="ONNX opset of the segment and head graphs")

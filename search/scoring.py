@@ -13,7 +13,10 @@ in float32, score >= threshold leaves, a threshold >= 1 never leaves.
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -199,8 +202,15 @@ def score_direct(cache: BackboneCache, exits: tuple[int, ...], thresholds: np.nd
 
 
 # ---------------------------------------------------------------------- refinement
-def _better(acc: np.ndarray, cost: np.ndarray, budget: float) -> int:
-    """Index of the best configuration: feasible first, then highest accuracy, then lowest cost."""
+def _better(acc: np.ndarray, cost: np.ndarray, budget: float, min_accuracy: float | None = None) -> int:
+    """Index of the best configuration. With a budget: feasible first, then highest accuracy, then
+    lowest cost. With ``min_accuracy``: accurate enough first, then lowest cost, then highest accuracy."""
+    if min_accuracy is not None:
+        ok = acc >= min_accuracy
+        if ok.any():
+            idx = np.flatnonzero(ok)
+            return int(idx[np.lexsort((-acc[idx], cost[idx]))[0]])
+        return int(np.lexsort((cost, -acc))[0])
     feasible = cost <= budget
     if feasible.any():
         idx = np.flatnonzero(feasible)
@@ -210,12 +220,14 @@ def _better(acc: np.ndarray, cost: np.ndarray, budget: float) -> int:
 
 
 def refine_thresholds(scorer: ExitSetScorer, budget: float, start: np.ndarray | None = None,
-                      max_exhaustive: int = MAX_EXHAUSTIVE, max_rounds: int = 20) -> tuple[np.ndarray, float, float]:
-    """Threshold indices of highest accuracy with expected cost <= budget (inf = no budget).
+                      max_exhaustive: int = MAX_EXHAUSTIVE, max_rounds: int = 20,
+                      min_accuracy: float | None = None) -> tuple[np.ndarray, float, float]:
+    """Threshold indices of highest accuracy with expected cost <= budget (inf = no budget), or,
+    given ``min_accuracy``, of lowest expected cost with accuracy >= min_accuracy (budget unused).
 
     Small grids are searched exhaustively (exact); larger ones by coordinate descent over the
-    grid from ``start`` and from "no early exit". With no feasible point, the cheapest wins.
-    Returns (indices (k,), accuracy, expected cost).
+    grid from ``start`` and from "no early exit". With no feasible point, the cheapest wins
+    (with ``min_accuracy``: the most accurate). Returns (indices (k,), accuracy, expected cost).
     """
     k, G = scorer.k, scorer.grid_size
     if k == 0:
@@ -225,24 +237,30 @@ def refine_thresholds(scorer: ExitSetScorer, budget: float, start: np.ndarray | 
         best: tuple[np.ndarray, float, float] | None = None
         for block in scorer.all_indices():
             s = scorer.score(block)
-            i = _better(s.accuracy, s.expected_cost, budget)
+            i = _better(s.accuracy, s.expected_cost, budget, min_accuracy)
             cand = (block[i], float(s.accuracy[i]), float(s.expected_cost[i]))
-            if best is None or _prefer(cand, best, budget):
+            if best is None or _prefer(cand, best, budget, min_accuracy):
                 best = cand
         assert best is not None
         return best
     starts = [np.full(k, G - 1, dtype=np.int64)]
     if start is not None:
         starts.append(np.asarray(start, dtype=np.int64).copy())
-    results = [_coordinate_descent(scorer, s0, budget, max_rounds) for s0 in starts]
+    results = [_coordinate_descent(scorer, s0, budget, max_rounds, min_accuracy) for s0 in starts]
     best = results[0]
     for r in results[1:]:
-        if _prefer(r, best, budget):
+        if _prefer(r, best, budget, min_accuracy):
             best = r
     return best
 
 
-def _prefer(a: tuple[np.ndarray, float, float], b: tuple[np.ndarray, float, float], budget: float) -> bool:
+def _prefer(a: tuple[np.ndarray, float, float], b: tuple[np.ndarray, float, float], budget: float,
+            min_accuracy: float | None = None) -> bool:
+    if min_accuracy is not None:
+        oka, okb = a[1] >= min_accuracy, b[1] >= min_accuracy
+        if oka != okb:
+            return oka
+        return (-a[2], a[1]) > (-b[2], b[1]) if oka else (a[1], -a[2]) > (b[1], -b[2])
     fa, fb = a[2] <= budget, b[2] <= budget
     if fa != fb:
         return fa
@@ -251,8 +269,8 @@ def _prefer(a: tuple[np.ndarray, float, float], b: tuple[np.ndarray, float, floa
     return (a[1], -a[2]) > (b[1], -b[2])
 
 
-def _coordinate_descent(scorer: ExitSetScorer, j: np.ndarray, budget: float,
-                        max_rounds: int) -> tuple[np.ndarray, float, float]:
+def _coordinate_descent(scorer: ExitSetScorer, j: np.ndarray, budget: float, max_rounds: int,
+                        min_accuracy: float | None = None) -> tuple[np.ndarray, float, float]:
     G = scorer.grid_size
     s = scorer.score(j[None])
     cur = (j.copy(), float(s.accuracy[0]), float(s.expected_cost[0]))
@@ -262,10 +280,33 @@ def _coordinate_descent(scorer: ExitSetScorer, j: np.ndarray, budget: float,
             cand = np.repeat(cur[0][None], G, axis=0)
             cand[:, i] = np.arange(G)
             s = scorer.score(cand)
-            b = _better(s.accuracy, s.expected_cost, budget)
+            b = _better(s.accuracy, s.expected_cost, budget, min_accuracy)
             new = (cand[b], float(s.accuracy[b]), float(s.expected_cost[b]))
-            if _prefer(new, cur, budget):
+            if _prefer(new, cur, budget, min_accuracy):
                 cur, improved = new, True
         if not improved:
             break
     return cur
+
+
+def cheapest_exit_configuration(cache: BackboneCache, positions: Sequence[int],
+                                exit_costs: Callable[[tuple[int, ...]], np.ndarray], grid: np.ndarray,
+                                criterion: str, min_accuracy: float) -> dict[str, Any]:
+    """Exits and thresholds of one fixed backbone with the lowest expected cost at accuracy >=
+    ``min_accuracy``, over every subset of ``positions`` (no exit included): early exits for a
+    backbone chosen by hand rather than by the search. With none accurate enough, the most
+    accurate configuration. Returns exits, threshold_idx, thresholds, accuracy, expected_cost, counts."""
+    best: tuple[tuple[bool, float, float], dict[str, Any]] | None = None
+    for k in range(len(positions) + 1):
+        for exits in itertools.combinations(sorted(positions), k):
+            scorer = ExitSetScorer(cache, exits, grid, criterion, np.asarray(exit_costs(exits), dtype=np.float64))
+            idx, acc, cost = refine_thresholds(scorer, math.inf, min_accuracy=min_accuracy)
+            ok = acc >= min_accuracy
+            rank = (not ok, cost if ok else -acc, -acc if ok else cost)
+            if best is None or rank < best[0]:
+                counts = scorer.score(idx[None]).counts[0]
+                best = (rank, {"exits": list(exits), "threshold_idx": [int(j) for j in idx],
+                               "thresholds": [float(grid[j]) for j in idx], "accuracy": acc,
+                               "expected_cost": cost, "counts": [int(c) for c in counts]})
+    assert best is not None
+    return best[1]

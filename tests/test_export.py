@@ -234,6 +234,18 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     return cfg, front, folders
 
 
+def _test_loader(cfg, folder: Path):
+    """The test images ``nachos eval`` runs an export on, in its order."""
+    from eval.evaluate import test_order
+    from nachos.data import load_splits, make_loader
+
+    m = json.loads((folder / "arch.json").read_text())
+    s = load_splits(cfg)
+    order = test_order(s.test_y, s.num_classes, cfg.export.test_subset, cfg.seed)
+    return make_loader(cfg, s.test_x[order], s.test_y[order], "cpu", train=False, seed=cfg.seed,
+                       mean=m["input"]["mean"], std=m["input"]["std"])
+
+
 def _val_images(cfg, n: int = 64) -> torch.Tensor:
     from nachos.data import load_splits, make_loader
 
@@ -384,6 +396,40 @@ def test_eval_on_the_test_split_writes_reports(exported) -> None:
     assert {"torchscript", "onnx"} <= set(lat)
     assert (folder / "eval.md").read_text().startswith(f"# Evaluation of `{folder.name}`")
     assert (folder / "eval.png").stat().st_size > 10_000
+    # the operating point: thresholds chosen on validation, then run for real on the test split
+    op = r["operating_point"]
+    assert op["val"]["accuracy"] >= op["val"]["final_classifier_accuracy"] - cfg.export.max_accuracy_drop
+    model, m = load_exported(folder), json.loads((folder / "arch.json").read_text())
+    tuned = EarlyExitModel(model.static_net(), op["thresholds"], model.criterion, m["input"]["mean"],
+                           m["input"]["std"]).eval()
+    pred, ex, _, labels = run_early_exit(tuned, _test_loader(cfg, folder))
+    counts = np.bincount(ex, minlength=len(r["exit_costs"]))
+    assert op["test"]["accuracy"] == pytest.approx(float((pred == labels).mean()), abs=1e-12)
+    assert op["test"]["expected_macs"] == pytest.approx(counts @ np.asarray(r["exit_costs"]) / len(labels))
+    assert op["test"]["final_classifier_accuracy"] == pytest.approx(r["exit_accuracy_all_samples"][-1])
+
+
+@pytest.mark.slow
+def test_hand_designed_network_gets_the_cheapest_exits_within_the_drop(exported, tmp_path: Path) -> None:
+    from eval.baselines import hand_designed_arch
+    from search.backend import SupernetBackend
+    from supernet.space import Arch
+
+    cfg0, _, _ = exported
+    cfg = _cfg(tmp_path, "export.max_accuracy_drop=0.02", "export.onnx=false", "export.torchscript=false")
+    shutil.copytree(cfg0.run_dir, cfg.run_dir, ignore=shutil.ignore_patterns("export"))
+    folder = run_export(cfg, TINY, select="hand")[0]
+    m = json.loads((folder / "arch.json").read_text())
+    space = SearchSpace.from_config(cfg.space)
+    arch = hand_designed_arch(space)
+    assert folder.name == "hand-exits" and Arch.from_dict(m["arch"]) == arch
+    assert m["source"]["algorithm"] == "hand" and m["source"]["front_index"] is None
+    final = float(SupernetBackend(cfg, TINY).prediction_cache(arch).correct[-1].mean())
+    assert m["validation"]["accuracy"] >= final - 0.02  # the exported model itself, on validation
+    assert m["validation"]["same_exits_as_search"] == 1.0
+    assert m["validation"]["expected_macs"] == pytest.approx(m["validation"]["search"]["expected_macs"])
+    assert m["validation"]["expected_macs"] <= m["macs"]["backbone"]  # cheaper than no exits, or none chosen
+    assert json.loads((cfg.run_dir / "export" / "index.json").read_text())[0]["id"] == "hand-exits"
 
 
 def test_eval_without_exports_names_the_fix(tmp_path: Path) -> None:

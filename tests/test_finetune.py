@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import eval.finetune as ft
+from eval.evaluate import validation_cache
 from eval.export import load_exported, run_early_exit
 from nachos.runtime import RunError
 from tests.test_export import _cfg, exported  # noqa: F401  (module fixture: tiny supernet, search, 2 exports)
@@ -61,7 +62,7 @@ def test_finetune_trains_and_rechooses_thresholds_within_the_parent_cost(exporte
     from search.scoring import score_direct, threshold_grid
 
     model = load_exported(out)
-    cache = ft.validation_cache(model, _val_loader(run))
+    cache = validation_cache(model, _val_loader(run))
     s = run.search
     grid = threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps)
     costs = np.asarray(m["macs"]["exit_costs"])

@@ -231,6 +231,27 @@ def test_goals_say_met_or_missed_by_how_much(run_folder) -> None:
     assert "**missed**" in g3 and "by 5.6 points of saving" in g3 and "24.4%" in g3
 
 
+def test_savings_goal_uses_operating_points_and_the_static_backbone(run_folder) -> None:
+    from eval.report import goal_savings, load_run
+
+    cfg, front, exports, _, _, _ = run_folder
+    run = load_run(cfg, cfg.run_dir)
+    e = next(x for x in run.exports if x.id == exports[0])  # 83.12% at 0.34 M; alone 83.50% at 0.45 M
+    key = Arch.from_dict(e.manifest["arch"]).key()
+    e.manifest["arch_key"] = key
+    e.eval["operating_point"] = {"max_accuracy_drop": 0.005, "test": {"accuracy": 0.8310, "expected_macs": 0.30e6}}
+    static = {"tag": "planted", "arch_key": key, "epochs": cfg.train.epochs, "test_accuracy": 0.8330,
+              "macs": 0.45e6}
+    run.baselines = [b for b in run.baselines if b.get("arch_key") != key] + [static]
+    g = goal_savings(run)  # 0.40 points below its own final classifier (the better reference), 33.3% saved
+    assert g.status == "met" and "33.3%" in g.detail and "within 0.5 pt on val" in g.detail
+    static["test_accuracy"] = 0.8400  # the static network trained alone is better: 0.90 points lost
+    g = goal_savings(run)
+    assert g.status == "missed" and "no export within 0.5 points" in g.detail and "loses 0.88 points" in g.detail
+    static["epochs"] = cfg.train.epochs - 1  # trained for less than the supernet: not a reference
+    assert goal_savings(run).status == "met"
+
+
 def test_markers_keep_prose_and_missing_runs_say_not_run(run_folder) -> None:
     cfg, _, _, path, _, _ = run_folder
     text = path.read_text()

@@ -3,6 +3,7 @@ resume, infeasible runs, and (end to end on configs/tiny.yaml) cache vs the extr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -121,6 +122,53 @@ def test_refinement_is_optimal_and_feasible() -> None:
     assert cost <= budget and acc == pytest.approx(s.accuracy[feasible].max())
     j2, acc2, cost2 = refine_thresholds(sc, budget, max_exhaustive=1)  # coordinate descent
     assert cost2 <= budget and acc2 <= acc + 1e-12
+
+
+
+def test_cheapest_thresholds_at_an_accuracy_floor() -> None:
+    cache = _random_cache(P=3, N=500, seed=4)
+    grid = threshold_grid(0.5, 1.0, 6)
+    costs = np.array([1.0, 2.0, 3.0, 4.0]) * 1e6
+    sc = ExitSetScorer(cache, (0, 1, 2), grid, "softmax", costs)
+    everything = np.array(np.meshgrid(*[range(6)] * 3, indexing="ij")).reshape(3, -1).T
+    s = sc.score(everything)
+    floor = float(np.quantile(s.accuracy, 0.7))  # reachable, but not by the cheapest configurations
+    j, acc, cost = refine_thresholds(sc, np.inf, min_accuracy=floor)
+    ok = s.accuracy >= floor
+    assert acc >= floor and cost == pytest.approx(s.expected_cost[ok].min())
+    assert cost > s.expected_cost.min()  # the floor binds
+    j2, acc2, cost2 = refine_thresholds(sc, np.inf, max_exhaustive=1, min_accuracy=floor)  # coordinate descent
+    assert acc2 >= floor and cost2 >= cost - 1e-6
+    # out of reach: the most accurate configuration
+    _, acc3, _ = refine_thresholds(sc, np.inf, min_accuracy=1.1)
+    assert acc3 == pytest.approx(s.accuracy.max())
+
+
+def test_cheapest_exit_configuration_searches_every_exit_subset() -> None:
+    from search.scoring import cheapest_exit_configuration
+
+    cache = _random_cache(P=3, N=400, seed=5)
+    grid = threshold_grid(0.5, 1.0, 6)
+    backbone = np.array([1.0, 2.0, 3.0, 4.0]) * 1e6  # to each position, then to the end
+    head = 0.2e6
+
+    def exit_costs(exits: tuple[int, ...]) -> np.ndarray:
+        early = [backbone[e] + head * (i + 1) for i, e in enumerate(exits)]
+        return np.array(early + [backbone[-1] + head * len(exits)])
+
+    floor = float(cache.correct[-1].mean()) - 0.01
+    best = cheapest_exit_configuration(cache, [0, 1, 2], exit_costs, grid, "softmax", floor)
+    acc, counts, cost = score_direct(cache, tuple(best["exits"]), np.asarray(best["thresholds"]), "softmax",
+                                     exit_costs(tuple(best["exits"])))
+    assert acc == pytest.approx(best["accuracy"]) and cost == pytest.approx(best["expected_cost"])
+    assert acc >= floor and list(counts) == best["counts"]
+    for k in range(4):  # brute force over every subset and every grid point
+        for exits in itertools.combinations(range(3), k):
+            sc = ExitSetScorer(cache, exits, grid, "softmax", exit_costs(exits))
+            J = np.array(list(itertools.product(range(6), repeat=k)), dtype=np.int64).reshape(6 ** k, k)
+            s = sc.score(J)
+            ok = s.accuracy >= floor
+            assert not ok.any() or s.expected_cost[ok].min() >= best["expected_cost"] - 1e-6
 
 
 # ----------------------------------------------------------------------------- genome
