@@ -40,6 +40,8 @@ from exits.policies import decide_exits
 from nachos.config import Config, ConfigError, load_config
 from nachos.runtime import RunError, atomic_write_text, resolve_device
 
+DEPLOY_STEPS = 40  # deployment_grid: thresholds 0, 0.025, ..., 1 besides the search's own
+
 
 # ----------------------------------------------------------------------------- which exports
 def resolve_export_dirs(cfg: Config, export_dir: str | None, config_path: str | None = None) -> list[Path]:
@@ -206,17 +208,47 @@ def validation_cache(model: EarlyExitModel, loader: Any) -> Any:
     return BackboneCache("export", pred.astype(np.int16), conf, labels)
 
 
-def choose_thresholds(cache: Any, src: Config, criterion: str, exit_costs: np.ndarray, budget: float = np.inf,
-                      min_accuracy: float | None = None) -> tuple[list[float], list[int]]:
-    """Grid thresholds (``src.search.threshold_*``) of highest accuracy on ``cache`` with expected cost
-    <= ``budget``, or, given ``min_accuracy``, of lowest expected cost with accuracy >= it."""
-    from search.scoring import ExitSetScorer, refine_thresholds, threshold_grid
+def search_grid(src: Config) -> np.ndarray:
+    """The threshold grid the search (and fine-tuning) choose from: ``search.threshold_*``."""
+    from search.scoring import threshold_grid
 
     s = src.search
-    grid = threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps)
+    return threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps)
+
+
+def deployment_grid(src: Config) -> np.ndarray:
+    """The grid of the operating point and the trade-off curve: the search's grid plus 0..1 in
+    steps of 1/DEPLOY_STEPS. A trained network is no longer scored thousands of times, so a finer
+    and wider grid is affordable, and the search's floor (often 0.5) need not bound its cheap end."""
+    return np.union1d(search_grid(src), np.round(np.linspace(0.0, 1.0, DEPLOY_STEPS + 1), 6))
+
+
+def choose_thresholds(cache: Any, grid: np.ndarray, criterion: str, exit_costs: np.ndarray, budget: float = np.inf,
+                      min_accuracy: float | None = None) -> tuple[list[float], list[int]]:
+    """Thresholds of ``grid`` with the highest accuracy on ``cache`` and expected cost <= ``budget``,
+    or, given ``min_accuracy``, with the lowest expected cost and accuracy >= it; and their indices."""
+    from search.scoring import ExitSetScorer, refine_thresholds
+
     scorer = ExitSetScorer(cache, tuple(range(cache.num_positions)), grid, criterion, exit_costs)
     idx, _, _ = refine_thresholds(scorer, budget * (1 + 1e-9), min_accuracy=min_accuracy)
     return [float(grid[j]) for j in idx], [int(j) for j in idx]
+
+
+def _apply_on_test(thresholds: list[float], test_pred: np.ndarray, test_conf: np.ndarray, labels: np.ndarray,
+                   criterion: str, exit_costs: np.ndarray) -> dict[str, Any]:
+    taken = decide_exits(torch.from_numpy(test_conf), torch.tensor(thresholds), criterion).numpy()
+    counts = np.bincount(taken, minlength=len(exit_costs))
+    pred = test_pred[taken, np.arange(len(labels))]
+    return {"accuracy": float((pred == labels).mean()), "expected_macs": expected_cost(counts.tolist(), exit_costs),
+            "exit_rates": (counts / counts.sum()).tolist()}
+
+
+def _val_figures(val_cache: Any, thresholds: list[float], criterion: str, exit_costs: np.ndarray) -> dict[str, float]:
+    from search.scoring import score_direct
+
+    acc, _, macs = score_direct(val_cache, tuple(range(val_cache.num_positions)), np.asarray(thresholds), criterion,
+                                exit_costs)
+    return {"accuracy": acc, "expected_macs": macs}
 
 
 def operating_point(val_cache: Any, test_pred: np.ndarray, test_conf: np.ndarray, labels: np.ndarray, src: Config,
@@ -225,24 +257,33 @@ def operating_point(val_cache: Any, test_pred: np.ndarray, test_conf: np.ndarray
     ``max_drop`` below its final classifier's (what a deployer who may lose ``max_drop`` would pick),
     then scored on the test predictions (``test_pred`` (E+1, N), ``test_conf`` (E, N)). A head whose
     threshold never lets a sample out still costs its MACs: the export's exit set is fixed."""
-    from search.scoring import score_direct
-
     final_val = float(val_cache.correct[-1].mean())
-    thresholds, idx = choose_thresholds(val_cache, src, criterion, exit_costs, min_accuracy=final_val - max_drop)
-    val_acc, _, val_macs = score_direct(val_cache, tuple(range(val_cache.num_positions)), np.asarray(thresholds),
-                                        criterion, exit_costs)
-    taken = decide_exits(torch.from_numpy(test_conf), torch.tensor(thresholds), criterion).numpy()
-    pred = test_pred[taken, np.arange(len(labels))]
-    counts = np.bincount(taken, minlength=len(exit_costs))
-    acc, final_test = float((pred == labels).mean()), float((test_pred[-1] == labels).mean())
-    macs = expected_cost(counts.tolist(), exit_costs)
-    return {"rule": "cheapest grid thresholds with validation accuracy >= final classifier - max_accuracy_drop",
-            "max_accuracy_drop": max_drop, "thresholds": thresholds, "threshold_idx": idx,
-            "val": {"accuracy": val_acc, "final_classifier_accuracy": final_val, "expected_macs": val_macs},
-            "test": {"accuracy": acc, "final_classifier_accuracy": final_test, "loss_vs_final": final_test - acc,
-                     "expected_macs": macs, "saving_vs_backbone": 1.0 - macs / backbone_macs,
-                     "exit_rates": (counts / counts.sum()).tolist()}}
+    thresholds, idx = choose_thresholds(val_cache, deployment_grid(src), criterion, exit_costs,
+                                        min_accuracy=final_val - max_drop)
+    test = _apply_on_test(thresholds, test_pred, test_conf, labels, criterion, exit_costs)
+    final_test = float((test_pred[-1] == labels).mean())
+    test.update(final_classifier_accuracy=final_test, loss_vs_final=final_test - test["accuracy"],
+                saving_vs_backbone=1.0 - test["expected_macs"] / backbone_macs)
+    val = dict(_val_figures(val_cache, thresholds, criterion, exit_costs), final_classifier_accuracy=final_val)
+    return {"rule": "cheapest thresholds with validation accuracy >= final classifier - max_accuracy_drop",
+            "max_accuracy_drop": max_drop, "thresholds": thresholds, "val": val, "test": test}
 
+
+def tradeoff_curve(val_cache: Any, test_pred: np.ndarray, test_conf: np.ndarray, labels: np.ndarray, src: Config,
+                   criterion: str, exit_costs: np.ndarray, steps: int = 21) -> list[dict[str, Any]]:
+    """The trained network's accuracy / expected-MAC trade-off over its thresholds: for budgets
+    from its first exit's cost to its peak, the most accurate thresholds on VALIDATION within the
+    budget, then scored on test. Each point is a deployment choice made without the test split."""
+    points, seen, grid = [], set(), deployment_grid(src)
+    for budget in np.linspace(exit_costs[0], exit_costs[-1], steps):
+        thresholds, idx = choose_thresholds(val_cache, grid, criterion, exit_costs, budget=float(budget))
+        if tuple(idx) in seen:
+            continue
+        seen.add(tuple(idx))
+        points.append({"budget": float(budget), "thresholds": thresholds,
+                       "val": _val_figures(val_cache, thresholds, criterion, exit_costs),
+                       "test": _apply_on_test(thresholds, test_pred, test_conf, labels, criterion, exit_costs)})
+    return points
 
 def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
     """Evaluate one export on the test split; writes eval.json / eval.md / eval.png into it."""
@@ -287,9 +328,10 @@ def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
         "mac_convention": m["macs"]["convention"],
     }
     val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed, mean=mean, std=std)
-    result["operating_point"] = operating_point(validation_cache(model, val_loader), all_pred, conf, labels, src,
-                                                model.criterion, costs, float(m["macs"]["backbone"]),
-                                                cfg.export.max_accuracy_drop)
+    val_cache = validation_cache(model, val_loader)
+    result["operating_point"] = operating_point(val_cache, all_pred, conf, labels, src, model.criterion, costs,
+                                                float(m["macs"]["backbone"]), cfg.export.max_accuracy_drop)
+    result["tradeoff"] = tradeoff_curve(val_cache, all_pred, conf, labels, src, model.criterion, costs)
     result["seconds_accuracy_pass"] = time.perf_counter() - t0
     k = min(cfg.export.latency_images, n)
     if k:

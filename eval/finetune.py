@@ -165,7 +165,7 @@ def validation_figures(model: EarlyExitModel, loader: Any, exit_costs: np.ndarra
 # ----------------------------------------------------------------------------- one export
 def finetune_export(folder: str | Path, cfg: Config) -> Path:
     """Fine-tune (or retrain) one export; returns the new export folder (``finetuned_name``) next to it."""
-    from eval.evaluate import choose_thresholds, source_config, validation_cache
+    from eval.evaluate import choose_thresholds, search_grid, source_config, validation_cache
     from nachos.data import load_splits, make_loader
     from search.scoring import score_direct
 
@@ -202,7 +202,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     t0 = time.perf_counter()
     info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device, warmup)
     cache = validation_cache(model, val_loader)
-    thresholds, idx = choose_thresholds(cache, src, m["criterion"], exit_costs, float(m["expected_macs"]))
+    thresholds, idx = choose_thresholds(cache, search_grid(src), m["criterion"], exit_costs, float(m["expected_macs"]))
     tuned = EarlyExitModel(model.static_net(), thresholds, m["criterion"], m["input"]["mean"],
                            m["input"]["std"]).to(device).eval()
     after = validation_figures(tuned, val_loader, exit_costs)

@@ -514,17 +514,34 @@ def like_for_like(run: RunData, baseline: dict[str, Any]) -> bool:
     return baseline.get("epochs", 0) >= run.cfg.train.epochs
 
 
+def een_points(e: Export) -> list[dict[str, Any]]:
+    """An evaluated export's deployable operating points on test: its own thresholds, then those of
+    its trade-off curve (thresholds chosen on validation per MAC budget, ``eval.evaluate``)."""
+    ev = e.eval or {}
+    own = {"label": "own thresholds", "val_accuracy": (ev.get("validation") or {}).get("accuracy"),
+           "accuracy": float(ev["accuracy"]), "expected_macs": float(ev["expected_macs"])}
+    return [own] + [{"label": f"thresholds {p['thresholds']}", "val_accuracy": p["val"]["accuracy"],
+                     "accuracy": p["test"]["accuracy"], "expected_macs": p["test"]["expected_macs"]}
+                    for p in ev.get("tradeoff", [])]
+
+
 def baseline_comparison(run: RunData) -> list[dict[str, Any]]:
     """Per static baseline (by MACs): whether it is a like-for-like rival and, if so, the most
-    accurate evaluated EEN with test expected MACs <= its MACs."""
+    accurate evaluated EEN with test expected MACs <= its MACs. An EEN with a trade-off curve
+    enters with the point a deployer would pick for that budget: the most accurate on validation."""
     evs = evaluated(run)
     out = []
     for b in sorted(run.baselines, key=lambda b: b["macs"]):
         rival = like_for_like(run, b)
-        within = [e for e in evs if e.eval["expected_macs"] <= b["macs"]] if rival else []
-        best = max(within, key=lambda e: e.eval["accuracy"]) if within else None
-        out.append({"baseline": b, "rival": rival, "een": best,
-                    "gap": None if best is None else best.eval["accuracy"] - b["test_accuracy"]})
+        within = []
+        for e in evs if rival else []:
+            pts = [p for p in een_points(e) if p["expected_macs"] <= b["macs"]]
+            if pts:
+                within.append((e, max(pts, key=lambda p: (p["val_accuracy"] or 0.0, -p["expected_macs"]))))
+        best = max(within, key=lambda ep: ep[1]["accuracy"]) if within else None
+        out.append({"baseline": b, "rival": rival, "een": None if best is None else best[0],
+                    "point": None if best is None else best[1],
+                    "gap": None if best is None else best[1]["accuracy"] - b["test_accuracy"]})
     return out
 
 
@@ -544,9 +561,9 @@ def goal_baselines(run: RunData) -> Goal:
             parts.append(f"{b['tag']} ({pct(b['test_accuracy'])} at {mmacs(b['macs'])}): no evaluated EEN at or "
                          "below its MACs")
         else:
+            p = c["point"]
             parts.append(f"{b['tag']} ({pct(b['test_accuracy'])} at {mmacs(b['macs'])}) vs {c['een'].id} "
-                         f"({pct(c['een'].eval['accuracy'])} at {mmacs(c['een'].eval['expected_macs'])}): "
-                         f"{points(c['gap'])}")
+                         f"({pct(p['accuracy'])} at {mmacs(p['expected_macs'])}, {p['label']}): {points(c['gap'])}")
     status = "met" if not lost else "missed"
     head = (f"{len(comp) - len(lost)} of {len(comp)} baselines beaten" if lost else f"all {len(comp)} beaten")
     if lost:
@@ -604,6 +621,14 @@ def plot_run(path: Path, run: RunData) -> Path:
         if pts:
             ax.plot([e.eval["expected_macs"] / 1e6 for e in pts], [100 * e.eval["accuracy"] for e in pts], marker,
                     color=color, ms=8, label=f"exported EENs, {what}, test ({len(pts)})")
+    curves = [e for e in tuned if e.manifest["finetune"].get("init") == "scratch" and e.eval.get("tradeoff")]
+    for e in curves:  # thresholds chosen on validation per budget, then run on test
+        pts = sorted((p["test"]["expected_macs"] / 1e6, 100 * p["test"]["accuracy"]) for p in e.eval["tradeoff"])
+        ax.plot(*zip(*pts), "-", color="#c2185b", lw=0.8, alpha=0.6)
+        ax.annotate(e.id, pts[-1], fontsize=6, color="#c2185b", xytext=(2, -8), textcoords="offset points")
+    if curves:
+        ax.plot([], [], "-", color="#c2185b", lw=0.8, alpha=0.6,
+                label="retrained EENs over their thresholds (chosen on val per budget), test")
     for b in run.baselines:
         hand = b.get("origin", {}).get("kind") == "hand-designed"
         full = like_for_like(run, b)  # shorter-trained ones hollow: not rivals, rank-correlation points
@@ -803,7 +828,8 @@ def baseline_lines(run: RunData) -> list[str]:
             elif c["een"] is None:
                 een = "none at or below"
             else:
-                een = (f"{c['een'].id}: {pct(c['een'].eval['accuracy'])} @ {mmacs(c['een'].eval['expected_macs'])} "
+                p = c["point"]
+                een = (f"{c['een'].id} ({p['label']}): {pct(p['accuracy'])} @ {mmacs(p['expected_macs'])} "
                        f"({points(c['gap'])})")
             rows.append([b["tag"], b.get("origin", {}).get("kind", "?"), f"`{b.get('arch_str', '')}`", b["epochs"],
                          pct(b["test_accuracy"]), pct(b.get("val_accuracy")), mmacs(b["macs"]), f"{b['params']:,}",

@@ -407,6 +407,15 @@ def test_eval_on_the_test_split_writes_reports(exported) -> None:
     assert op["test"]["accuracy"] == pytest.approx(float((pred == labels).mean()), abs=1e-12)
     assert op["test"]["expected_macs"] == pytest.approx(counts @ np.asarray(r["exit_costs"]) / len(labels))
     assert op["test"]["final_classifier_accuracy"] == pytest.approx(r["exit_accuracy_all_samples"][-1])
+    # the trade-off curve: per budget the most accurate thresholds on validation, then run on test
+    curve = r["tradeoff"]
+    assert len(curve) >= 2 and [p["budget"] for p in curve] == sorted(p["budget"] for p in curve)
+    assert all(p["val"]["expected_macs"] <= p["budget"] * (1 + 1e-9) for p in curve[1:])
+    assert curve[-1]["val"]["accuracy"] >= m["validation"]["accuracy"] - 1e-12  # own thresholds fit the peak budget
+    last = EarlyExitModel(model.static_net(), curve[-1]["thresholds"], model.criterion, m["input"]["mean"],
+                          m["input"]["std"]).eval()
+    pred, _, _, labels = run_early_exit(last, _test_loader(cfg, folder))
+    assert curve[-1]["test"]["accuracy"] == pytest.approx(float((pred == labels).mean()), abs=1e-12)
 
 
 @pytest.mark.slow

@@ -252,6 +252,24 @@ def test_savings_goal_uses_operating_points_and_the_static_backbone(run_folder) 
     assert goal_savings(run).status == "met"
 
 
+def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_folder) -> None:
+    from eval.report import baseline_comparison, goal_baselines, load_run
+
+    cfg, _, exports, _, _, _ = run_folder
+    run = load_run(cfg, cfg.run_dir)
+    hand = next(b for b in run.baselines if b["tag"] == "hand")  # 90.00% test
+    e = next(x for x in run.exports if x.id == exports[0])
+    under = 0.9 * hand["macs"]
+    e.eval["tradeoff"] = [  # both within the hand network's MACs: the deployer takes the better on validation
+        {"thresholds": [0.3], "val": {"accuracy": 0.95}, "test": {"accuracy": 0.9050, "expected_macs": under}},
+        {"thresholds": [0.2], "val": {"accuracy": 0.90}, "test": {"accuracy": 0.9500, "expected_macs": under}},
+        {"thresholds": [0.9], "val": {"accuracy": 0.99},
+         "test": {"accuracy": 0.9900, "expected_macs": 2 * hand["macs"]}}]  # over the budget
+    c = next(c for c in baseline_comparison(run) if c["baseline"]["tag"] == "hand")
+    assert c["een"].id == e.id and c["point"]["accuracy"] == 0.9050 and c["gap"] == pytest.approx(0.005)
+    assert "thresholds [0.3]" in goal_baselines(run).detail
+
+
 def test_markers_keep_prose_and_missing_runs_say_not_run(run_folder) -> None:
     cfg, _, _, path, _, _ = run_folder
     text = path.read_text()
