@@ -18,14 +18,17 @@ support set), the run's augmentation, SGD and a per-step cosine schedule from
 ``export.finetune_lr``. With ``export.finetune_init=scratch`` the weights start from a fresh
 random initialisation instead, with the static baselines' schedule (``train.lr``, warm-up
 ``train.warmup_epochs``): the searched early-exit network retrained the way ``nachos baseline``
-trains a static one, so the two compare like for like.
+trains a static one, so the two compare like for like. With ``export.finetune_init=static`` only
+fresh exit heads are trained, same schedule, on the frozen backbone of the run's static baseline
+of the same arch (``nachos baseline``; weights and BN statistics kept): exits added to a network
+trained without them, whose final classifier therefore keeps the static network's accuracy.
 
 Fine-tuning moves every exit's confidence, so the parent's thresholds no longer mean what they
 did. They are re-chosen on the validation split (never the test split) over the search's
 threshold grid: the highest accuracy whose expected MACs stay within the parent's own validation
 expected MACs, so the result is comparable with, and no costlier than, the solution the search chose.
 
-Writes ``<export_root>/<id>-ft<epochs>/`` (``<id>-scratch<epochs>/`` from scratch; runs of
+Writes ``<export_root>/<id>-ft<epochs>/`` (``<id>-scratch<epochs>/``, ``<id>-heads<epochs>/``; runs of
 different lengths sit side by side), a complete export (same files and manifest as ``nachos
 export``) with a ``finetune`` block (parent, init, epochs, lr, time, validation before / after),
 which ``nachos eval`` and the report treat like any other export. A checkpoint ``<name>.pt`` is
@@ -56,9 +59,39 @@ from supernet.static import StaticEENet
 from supernet.train import autocast_factory, member_loss, warmup_cosine
 
 
+NAME_TAGS = {"inherited": "ft", "scratch": "scratch", "static": "heads"}
+
+
 def finetuned_name(parent: str, epochs: int, init: str = "inherited") -> str:
     """The export name of ``parent`` trained ``epochs`` epochs from ``init`` weights."""
-    return f"{parent}-{'ft' if init == 'inherited' else 'scratch'}{epochs}"
+    return f"{parent}-{NAME_TAGS[init]}{epochs}"
+
+
+def static_backbone(run_dir: Path, arch_key: str, min_epochs: int) -> tuple[dict[str, Any], Path]:
+    """The run's static baseline of this arch trained >= ``min_epochs`` (the longest-trained one):
+    its record and checkpoint; a RunError naming the command that trains it otherwise."""
+    found = []
+    for path in sorted((run_dir / "baselines").glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("arch_key") == arch_key and rec.get("epochs", 0) >= min_epochs and path.with_suffix(".pt").is_file():
+            found.append((rec, path.with_suffix(".pt")))
+    if not found:
+        raise RunError(f"export.finetune_init=static needs a static baseline of this arch ({arch_key}) trained for at "
+                       f">= {min_epochs} epochs under {run_dir / 'baselines'}; train it first: nachos baseline "
+                       "--config <config> <export folder>")
+    return max(found, key=lambda f: f[0]["epochs"])
+
+
+def load_static_backbone(net: StaticEENet, ckpt_path: Path) -> None:
+    """Copy a static baseline's backbone (stem, blocks, final classifier) into ``net``, module by
+    module: the two split the same modules into different segments, so their keys differ."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    static = StaticEENet.from_config(net.description()["space"], net.description()["exits"], ckpt["arch"], [])
+    static.load_state_dict(ckpt["model"])
+    if static.arch != net.arch:
+        raise RunError(f"{ckpt_path} holds arch {static.arch}, not the export's {net.arch}")
+    for src, dst in zip(static.backbone_modules(), net.backbone_modules(), strict=True):
+        dst.load_state_dict(src.state_dict())
 
 
 # ----------------------------------------------------------------------------- which exports
@@ -95,8 +128,10 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 # ----------------------------------------------------------------------------- training
 def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
-          exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0) -> dict[str, Any]:
-    """Fine-tune ``model``'s weights in place; resumes ``ckpt_path`` when it has this fingerprint."""
+          exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0,
+          frozen_backbone: bool = False) -> dict[str, Any]:
+    """Fine-tune ``model``'s weights in place (only its exit heads with ``frozen_backbone``: the
+    backbone keeps its weights and BN statistics); resumes ``ckpt_path`` when it has this fingerprint."""
     from timm.optim import create_optimizer_v2
     from tqdm import tqdm
 
@@ -107,6 +142,9 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     loader = make_loader(src, splits.train_x, splits.train_y, device, train=True, seed=src.seed,
                          mean=splits.mean, std=splits.std)
     net = model.static_net().to(device)
+    backbone = net.backbone_modules()
+    for m in backbone if frozen_backbone else []:
+        m.requires_grad_(False)
     optimizer = create_optimizer_v2(net, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=lr,
                                     weight_decay=tc.weight_decay, momentum=tc.momentum)
     scheduler = warmup_cosine(optimizer, lr, epochs * len(loader), warmup_epochs, len(loader))
@@ -124,6 +162,8 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         net.train()
+        for m in backbone if frozen_backbone else []:
+            m.eval()  # BN statistics and dropout of the static network stay as they were trained
         loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         for x, y in tqdm(loader, desc=f"finetune epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
                          disable=not sys.stderr.isatty()):
@@ -135,7 +175,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
                                "export.finetune_lr")
             loss.backward()
             if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+                torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], tc.grad_clip)
             optimizer.step()
             step += 1
             loss_sum += loss.detach().double() * len(y)
@@ -180,6 +220,10 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     out = folder.parent / finetuned_name(folder.name, epochs, init)
     ckpt_path = out.with_name(out.name + ".pt")
     fp = _fingerprint(m, src, init, epochs, lr, warmup)
+    static = None
+    if init == "static":  # the export folder sits in <run_dir>/export/
+        static = static_backbone(folder.parent.parent, m["arch_key"], src.train.epochs)
+        fp = hashlib.sha256((fp + static[0]["fingerprint"]).encode()).hexdigest()[:16]
     if (out / MANIFEST).is_file() and read_manifest(out)[1].get("finetune", {}).get("fingerprint") == fp:
         print(f"{out.name}: already fine-tuned with these settings", file=sys.stderr)
         return out
@@ -196,11 +240,16 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     before_acc, _, before_macs = score_direct(before_cache, tuple(range(before_cache.num_positions)),
                                               np.asarray(m["thresholds"]), m["criterion"], exit_costs)
 
-    if init == "scratch":
+    if init in ("scratch", "static"):
         seed_everything(src.seed, cfg.deterministic)  # seeded as the static baselines are
         model.static_net().load_state_dict(StaticEENet.from_description(m["description"]).state_dict())
+    if static is not None:
+        load_static_backbone(model.static_net(), static[1])
     t0 = time.perf_counter()
-    info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device, warmup)
+    info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device, warmup, frozen_backbone=static is not None)
+    if static is not None:
+        info["static_baseline"] = {"tag": static[0]["tag"], "checkpoint": str(static[1]),
+                                   "fingerprint": static[0]["fingerprint"], "test_accuracy": static[0]["test_accuracy"]}
     cache = validation_cache(model, val_loader)
     thresholds, idx = choose_thresholds(cache, search_grid(src), m["criterion"], exit_costs, float(m["expected_macs"]))
     tuned = EarlyExitModel(model.static_net(), thresholds, m["criterion"], m["input"]["mean"],

@@ -172,10 +172,12 @@ class ExportConfig:
     finetune_epochs: int = _f(10, lo=1, help="finetune: epochs of training an export further from its inherited "
                               "weights (backbone and exits), before its thresholds are re-chosen on validation")
     finetune_lr: float = _f(0.01, lo=1e-9, help="finetune: peak learning rate (cosine to 1e-3 of it, no warm-up)")
-    finetune_init: str = _f("inherited", choices=("inherited", "scratch"),
+    finetune_init: str = _f("inherited", choices=("inherited", "scratch", "static"),
                             help="finetune: start from the export's inherited weights, or from fresh random ones "
                             "with the static baselines' recipe (train.lr, train.warmup_epochs; finetune_lr unused): "
-                            "the searched network retrained, exits included")
+                            "the searched network retrained, exits included; or (static) train only fresh exit "
+                            "heads, same recipe, on the frozen backbone of the run's static baseline of that arch "
+                            "(`nachos baseline`), whose accuracy the final classifier then keeps")
     report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
                                 "next to the config's run (e.g. [mnist])")
     report_dir: str = _f("docs", help="report: folder of RESULTS.md and its results_<name>.png plots")
