@@ -210,11 +210,13 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     from search.scoring import score_direct
 
     folder, m = read_manifest(folder)
-    if "finetune" in m:
-        raise RunError(f"{folder} is already a fine-tuned export; fine-tune its parent "
-                       f"{m['finetune']['parent']} instead")
     src = source_config(m, cfg)
     init, epochs = cfg.export.finetune_init, cfg.export.finetune_epochs
+    # exits trained on a frozen static backbone may go on to train jointly with it (two stages)
+    if "finetune" in m and not (init == "inherited" and m["finetune"].get("init") == "static"):
+        raise RunError(f"{folder} is already a fine-tuned export; fine-tune its parent {m['finetune']['parent']} "
+                       "instead (only exits trained on a static backbone, export.finetune_init=static, are trained "
+                       "further, with export.finetune_init=inherited)")
     # from scratch the network gets what the static baselines get, so the two compare like for like
     lr, warmup = (cfg.export.finetune_lr, 0.0) if init == "inherited" else (src.train.lr, src.train.warmup_epochs)
     out = folder.parent / finetuned_name(folder.name, epochs, init)
@@ -279,8 +281,10 @@ def finetune_command(cfg: Config, args: Any) -> int:
     from eval.export import write_index
 
     folders = parents(cfg, getattr(args, "export_dir", None), getattr(args, "config", None))
-    print(f"fine-tuning {len(folders)} export(s), {cfg.export.finetune_epochs} epochs at lr "
-          f"{cfg.export.finetune_lr:g}", file=sys.stderr)
+    e = cfg.export
+    print(f"fine-tuning {len(folders)} export(s), {e.finetune_epochs} epochs from {e.finetune_init} weights"
+          + (f" at lr {e.finetune_lr:g}" if e.finetune_init == "inherited" else " with the run's train.lr"),
+          file=sys.stderr)
     for folder in folders:
         out = finetune_export(folder, cfg)
         ft = read_manifest(out)[1]["finetune"]

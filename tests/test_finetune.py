@@ -136,7 +136,7 @@ def test_scratch_init_retrains_from_the_static_baselines_start(exported, tmp_pat
     m = json.loads((parent / "arch.json").read_text())
     seen = {}
 
-    def fake_train(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0):
+    def fake_train(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0, **_):
         seen.update(state={k: v.clone() for k, v in model.static_net().state_dict().items()}, epochs=epochs,
                     lr=lr, warmup=warmup_epochs, ckpt=ckpt_path)
         return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": 0, "train_seconds": 0.0,
@@ -155,3 +155,36 @@ def test_scratch_init_retrains_from_the_static_baselines_start(exported, tmp_pat
     assert not any(torch.equal(seen["state"][k], inherited[k]) for k in weights)
     info = json.loads((out / "arch.json").read_text())["finetune"]
     assert info["init"] == "scratch" and info["parent"] == parent.name
+
+
+@pytest.mark.slow
+def test_static_init_trains_only_new_heads_on_the_static_baselines_backbone(exported, tmp_path: Path) -> None:
+    from eval.baselines import train_static
+    from supernet.space import Arch
+
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_init=static", "export.finetune_epochs=2", "export.onnx=false",
+               "export.torchscript=false")
+    parent = _copy(parent, run)
+    m = json.loads((parent / "arch.json").read_text())
+    with pytest.raises(RunError, match="nachos baseline"):  # no static network of this arch trained yet
+        ft.finetune_export(parent, run)
+    base = train_static(run, Arch.from_dict(m["arch"]), run.train.epochs, "static", run.run_dir / "baselines")
+    out = ft.finetune_export(parent, run)
+    assert out.name == f"{parent.name}-heads2"
+    net = load_exported(out).static_net()
+    ckpt = torch.load(run.run_dir / "baselines" / "static.pt", weights_only=False)
+    static = ft.StaticEENet.from_description(dict(net.description(), exit_ids=[]))
+    static.load_state_dict(ckpt["model"])
+    # the backbone is the static network's, weights and BN statistics; the heads were trained
+    for a, b in zip(static.backbone_modules(), net.backbone_modules(), strict=True):
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert ka == kb and torch.equal(va, vb), ka
+    inherited = load_exported(parent).static_net()
+    for h_new, h_old in zip(net.heads, inherited.heads, strict=True):
+        assert not torch.equal(h_new.state_dict()[next(iter(h_new.state_dict()))],
+                               h_old.state_dict()[next(iter(h_old.state_dict()))])
+    info = json.loads((out / "arch.json").read_text())["finetune"]
+    assert info["init"] == "static" and info["static_baseline"]["tag"] == "static"
+    # so the final classifier keeps the static network's validation accuracy
+    assert info["val_after"]["final_classifier_accuracy"] == pytest.approx(base["val_accuracy"], abs=2 / 300)
