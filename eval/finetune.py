@@ -258,7 +258,8 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
                            m["input"]["std"]).to(device).eval()
     after = validation_figures(tuned, val_loader, exit_costs)
     after["search"] = m["validation"].get("search")
-    info.update(parent=folder.name, init=init, fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),
+    info.update(parent=folder.name, init=init, parent_init=m.get("finetune", {}).get("init"), fingerprint=fp,
+                seconds=time.perf_counter() - t0, device=str(device),
                 threshold_budget=float(m["expected_macs"]), parent_thresholds=m["thresholds"],
                 val_before={"accuracy": before_acc, "expected_macs": before_macs,
                             "final_classifier_accuracy": float(before_cache.correct[-1].mean())},

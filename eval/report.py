@@ -109,6 +109,17 @@ class Export:
         return "finetune" in self.manifest
 
     @property
+    def training(self) -> str:
+        """How its weights came about: 'supernet' (inherited), 'inherited' (fine-tuned from them),
+        'scratch' (retrained), 'static' (exits on a frozen static backbone), 'static+joint' (then
+        fine-tuned together)."""
+        ft = self.manifest.get("finetune")
+        if ft is None:
+            return "supernet"
+        init = ft.get("init", "inherited")
+        return "static+joint" if init == "inherited" and ft.get("parent_init") == "static" else init
+
+    @property
     def candidate(self) -> tuple[Any, Any]:
         src = self.manifest.get("source", {})
         return src.get("algorithm"), src.get("candidate_id")
@@ -598,6 +609,14 @@ def goal_savings(run: RunData) -> Goal:
 
 
 # ----------------------------------------------------------------------------- plot
+# marker, colour and legend text of exports by how they were trained (``Export.training``)
+TRAINING_STYLE = {"inherited": ("^", "#6a1b9a", "fine-tuned"), "scratch": ("v", "#c2185b", "retrained from scratch"),
+                  "static": ("<", "#00838f", "exits on a frozen static backbone"),
+                  "static+joint": (">", "#2e7d32", "exits on a static backbone, then fine-tuned jointly")}
+TRAINING_LABEL = {"inherited": "", "scratch": " from scratch", "static": " exits only, on the static backbone",
+                  "static+joint": " after exits on the static backbone"}
+
+
 def plot_run(path: Path, run: RunData) -> Path:
     import matplotlib
 
@@ -615,20 +634,19 @@ def plot_run(path: Path, run: RunData) -> Path:
         ax.plot([e.eval["expected_macs"] / 1e6 for e in evs], [100 * e.eval["accuracy"] for e in evs], "o-",
                 color="#1f4e79", label=f"exported EENs, inherited weights, test ({len(evs)})")
     tuned = [e for e in evaluated(run) if e.finetuned]
-    for init, marker, color, what in (("inherited", "^", "#6a1b9a", "fine-tuned"),
-                                      ("scratch", "v", "#c2185b", "retrained from scratch")):
-        pts = [e for e in tuned if e.manifest["finetune"].get("init", "inherited") == init]
+    for kind, (marker, color, what) in TRAINING_STYLE.items():
+        pts = [e for e in tuned if e.training == kind]
         if pts:
             ax.plot([e.eval["expected_macs"] / 1e6 for e in pts], [100 * e.eval["accuracy"] for e in pts], marker,
                     color=color, ms=8, label=f"exported EENs, {what}, test ({len(pts)})")
-    curves = [e for e in tuned if e.manifest["finetune"].get("init") == "scratch" and e.eval.get("tradeoff")]
-    for e in curves:  # thresholds chosen on validation per budget, then run on test
-        pts = sorted((p["test"]["expected_macs"] / 1e6, 100 * p["test"]["accuracy"]) for p in e.eval["tradeoff"])
-        ax.plot(*zip(*pts), "-", color="#c2185b", lw=0.8, alpha=0.6)
-        ax.annotate(e.id, pts[-1], fontsize=6, color="#c2185b", xytext=(2, -8), textcoords="offset points")
-    if curves:
-        ax.plot([], [], "-", color="#c2185b", lw=0.8, alpha=0.6,
-                label="retrained EENs over their thresholds (chosen on val per budget), test")
+        for e in pts if kind != "inherited" else []:  # thresholds chosen on validation per budget, run on test
+            curve = sorted((p["test"]["expected_macs"] / 1e6, 100 * p["test"]["accuracy"])
+                           for p in e.eval.get("tradeoff", []))
+            if curve:
+                ax.plot(*zip(*curve), "-", color=color, lw=0.8, alpha=0.6)
+    if any(e.eval.get("tradeoff") for e in tuned if e.training != "inherited"):
+        ax.plot([], [], "-", color="#777777", lw=0.8, label="the same over their thresholds (chosen on val per MAC "
+                "budget), test")
     for b in run.baselines:
         hand = b.get("origin", {}).get("kind") == "hand-designed"
         full = like_for_like(run, b)  # shorter-trained ones hollow: not rivals, rank-correlation points
@@ -739,14 +757,18 @@ def setup_lines(run: RunData) -> list[str]:
     if st:
         lines.append(f"nachos eval --supernet {base}")
     if run.exports:
-        for sel in (select.split(",") if select != "all" else ["all"]):
+        hand = any(e.candidate[0] == "hand" for e in run.exports)
+        for sel in (select.split(",") if select != "all" else ["all"]) if exported or not hand else []:
             lines.append(f"nachos export {base} export.select={sel}")
+        if hand:
+            lines.append(f"nachos export {base} export.select=hand")
         for e in sorted((e for e in run.exports if e.finetuned), key=lambda e: e.id):
             ft = e.manifest["finetune"]
+            init = ft.get("init", "inherited")
             lines.append(f"nachos finetune {base} {run.dir / 'export' / ft['parent']} "
-                         + (f"export.finetune_epochs={ft['epochs']} export.finetune_init=scratch"
-                            if ft.get("init") == "scratch" else
-                            f"export.finetune_epochs={ft['epochs']} export.finetune_lr={ft['lr']:g}"))
+                         f"export.finetune_epochs={ft['epochs']} "
+                         + (f"export.finetune_lr={ft['lr']:g}" if init == "inherited" else
+                            f"export.finetune_init={init}"))
         lines.append(f"nachos eval {base}")
     if run.baselines:
         epochs = sorted({b['epochs'] for b in run.baselines})
@@ -803,14 +825,16 @@ def finetune_lines(run: RunData) -> list[str]:
 
         tp, tf = test(parent), test(e)
         rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {e.manifest['thresholds']}",
-                     f"{ft['epochs']} @ lr {ft['lr']:g}{' from scratch' if ft.get('init') == 'scratch' else ''}, "
+                     f"{ft['epochs']} @ lr {ft['lr']:g}{TRAINING_LABEL[e.training]}, "
                      f"{duration(ft.get('train_seconds'))}",
                      f"{pct(b['accuracy'])} -> {pct(a['accuracy'])}",
                      f"{mmacs(b['expected_macs'])} -> {mmacs(a['expected_macs'])}",
                      f"{tp[0]} -> {tf[0]}", f"{tp[1]} -> {tf[1]}", f"{tp[2]} -> {tf[2]}"])
     lines = ["Chosen exports trained further alone (`nachos finetune`: backbone and exits, the supernet's member "
              "loss) from their inherited weights, or retrained from fresh weights with the static baselines' "
-             "schedule where marked *from scratch*; thresholds then re-chosen on the validation split within the "
+             "schedule where marked *from scratch*, or as new exits on the frozen backbone of the static network "
+             "of the same arch where so marked (`export.finetune_init=static`); thresholds then re-chosen on the "
+             "validation split within the "
              f"parent's validation expected MACs. This training took {duration(seconds)} in all.", ""]
     lines += table(["export", "backbone", "exits @ thresholds", "epochs", "val acc (parent -> tuned)",
                     "val exp. MACs", "test acc", "test exp. MACs", "final classifier alone, test acc"], rows)

@@ -430,3 +430,17 @@ def test_baseline_of_one_export_trains_exactly_its_backbone(run_folder, tmp_path
     capsys.readouterr()
     assert main(["baseline", "--config", str(TINY), str(alien), *overrides]) == 2
     assert "is not of run tiny's search space (Arch.depths[stage 0] = 9" in capsys.readouterr().err
+
+
+def test_exports_are_told_apart_by_how_they_were_trained() -> None:
+    from eval.report import Export
+
+    def export(ft: dict | None) -> Export:
+        return Export("x", Path("."), {} if ft is None else {"finetune": ft}, None)
+
+    assert export(None).training == "supernet"
+    assert export({"init": "inherited", "parent_init": None}).training == "inherited"
+    assert export({}).training == "inherited"  # exports written before init was recorded
+    assert export({"init": "scratch"}).training == "scratch"
+    assert export({"init": "static"}).training == "static"
+    assert export({"init": "inherited", "parent_init": "static"}).training == "static+joint"
