@@ -268,6 +268,11 @@ def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_fo
     c = next(c for c in baseline_comparison(run) if c["baseline"]["tag"] == "hand")
     assert c["een"].id == e.id and c["point"]["accuracy"] == 0.9050 and c["gap"] == pytest.approx(0.005)
     assert "thresholds [0.3]" in goal_baselines(run).detail
+    # a hand-designed backbone with exits chosen by nachos is told apart from searched EENs
+    e.manifest["source"]["algorithm"] = "hand"
+    g = goal_baselines(run)
+    searched_part, hand_part = g.detail.split("Counting also the hand-designed backbone")
+    assert g.status == "missed" and "thresholds [0.3]" not in searched_part and "thresholds [0.3]" in hand_part
 
 
 def test_markers_keep_prose_and_missing_runs_say_not_run(run_folder) -> None:
