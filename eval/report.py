@@ -599,7 +599,7 @@ def goal_baselines(run: RunData) -> Goal:
     ok, detail = verdict([c for c in baseline_comparison(run, searched_only=True) if c["rival"]])
     if any(not searched(e) for e in evaluated(run)):
         ok_all, detail_all = verdict([c for c in baseline_comparison(run) if c["rival"]])
-        detail = (f"EENs with searched backbones: {detail} Counting also the hand-designed backbone with the exits "
+        detail = (f"EENs with searched backbones: {detail}. Counting also the hand-designed backbone with the exits "
                   f"and thresholds nachos chose for it (`export.select=hand`): {detail_all}")
     return Goal(text, "met" if ok else "missed", detail)
 
@@ -637,14 +637,8 @@ TRAINING_LABEL = {"inherited": "", "scratch": " from scratch", "static": " exits
                   "static+joint": " after exits on the static backbone"}
 
 
-def plot_run(path: Path, run: RunData) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    algos = algorithm_ablation(run) or {}
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
+def _draw_accuracy_vs_macs(ax: Any, run: RunData, label_curves: bool = False) -> None:
+    """Search front, exports by training, their trade-off curves, static baselines, published points."""
     front = sorted(run.front, key=lambda r: r["expected_macs"])
     if front:
         ax.plot([r["expected_macs"] / 1e6 for r in front], [100 * r["accuracy"] for r in front], "o--",
@@ -664,6 +658,8 @@ def plot_run(path: Path, run: RunData) -> Path:
                            for p in e.eval.get("tradeoff", []))
             if curve:
                 ax.plot(*zip(*curve), "-", color=color, lw=0.8, alpha=0.6)
+                if label_curves:
+                    ax.annotate(e.id, curve[-1], fontsize=5.5, color=color, xytext=(2, 2), textcoords="offset points")
     if any(e.eval.get("tradeoff") for e in tuned if e.training != "inherited"):
         ax.plot([], [], "-", color="#777777", lw=0.8, label="the same over their thresholds (chosen on val per MAC "
                 "budget), test")
@@ -688,9 +684,33 @@ def plot_run(path: Path, run: RunData) -> Path:
         ax.axvline(GOAL_MACS / 1e6, color="#b22222", ls=":", lw=0.8, label=f"{GOAL_MACS / 1e6:g} M MACs")
     ax.set_xlabel("expected MACs (M); static networks: MACs")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{run.name}: accuracy vs expected MACs", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", framealpha=0.6)
+
+
+def plot_run(path: Path, run: RunData) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    algos = algorithm_ablation(run) or {}
+    trained = [e for e in evaluated(run) if e.finetuned]
+    rivals = [b for b in run.baselines if like_for_like(run, b)]
+    zoom = bool(trained) and bool(rivals)
+    fig, axes = plt.subplots(1, 3 if zoom else 2, figsize=(17 if zoom else 12, 5.5), dpi=110,
+                             gridspec_kw={"width_ratios": [3, 3, 2] if zoom else [3, 2]})
+    ax, ax2 = axes[0], axes[-1]
+    _draw_accuracy_vs_macs(ax, run)
+    ax.set_title(f"{run.name}: accuracy vs expected MACs", fontsize=10)
+    ax.legend(fontsize=6.5, loc="lower right", framealpha=0.7)
+    if zoom:  # the trained networks and their static rivals sit within a point or two of each other
+        axz = axes[1]
+        _draw_accuracy_vs_macs(axz, run, label_curves=True)
+        macs = [e.eval["expected_macs"] for e in trained] + [b["macs"] for b in rivals]
+        accs = [e.eval["accuracy"] for e in trained] + [b["test_accuracy"] for b in rivals]
+        axz.set_xlim(0.85 * min(macs) / 1e6, 1.08 * max(macs) / 1e6)
+        axz.set_ylim(100 * min(accs) - 2.0, 100 * max(accs) + 0.8)
+        axz.set_title("zoom: trained EENs and static networks (test)", fontsize=10)
     if algos and run.history:
         for name, h in run.history.items():
             gens = h.get("generations") or []
