@@ -62,9 +62,18 @@ from supernet.train import autocast_factory, member_loss, warmup_cosine
 NAME_TAGS = {"inherited": "ft", "scratch": "scratch", "static": "heads"}
 
 
-def finetuned_name(parent: str, epochs: int, init: str = "inherited") -> str:
+def finetuned_name(parent: str, epochs: int, init: str = "inherited", exit_weight: float = 1.0) -> str:
     """The export name of ``parent`` trained ``epochs`` epochs from ``init`` weights."""
-    return f"{parent}-{NAME_TAGS[init]}{epochs}"
+    return f"{parent}-{NAME_TAGS[init]}{epochs}" + ("" if exit_weight == 1.0 else f"-w{exit_weight:g}")
+
+
+def with_exit_weight(src: Config, weight: float) -> Config:
+    """``src`` whose exits' loss weighs ``weight`` times the supernet's against the final classifier."""
+    if weight == 1.0:
+        return src
+    ex = src.exits
+    return dataclasses.replace(src, exits=dataclasses.replace(ex, w_ce=ex.w_ce * weight,
+                                                             w_distill=ex.w_distill * weight))
 
 
 def static_backbone(run_dir: Path, arch_key: str, min_epochs: int) -> tuple[dict[str, Any], Path]:
@@ -219,7 +228,9 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
                        "further, with export.finetune_init=inherited)")
     # from scratch the network gets what the static baselines get, so the two compare like for like
     lr, warmup = (cfg.export.finetune_lr, 0.0) if init == "inherited" else (src.train.lr, src.train.warmup_epochs)
-    out = folder.parent / finetuned_name(folder.name, epochs, init)
+    weight = cfg.export.finetune_exit_weight
+    src = with_exit_weight(src, weight)  # (in the fingerprint through src.exits)
+    out = folder.parent / finetuned_name(folder.name, epochs, init, weight)
     ckpt_path = out.with_name(out.name + ".pt")
     fp = _fingerprint(m, src, init, epochs, lr, warmup)
     static = None
@@ -258,7 +269,8 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
                            m["input"]["std"]).to(device).eval()
     after = validation_figures(tuned, val_loader, exit_costs)
     after["search"] = m["validation"].get("search")
-    info.update(parent=folder.name, init=init, parent_init=m.get("finetune", {}).get("init"), fingerprint=fp,
+    info.update(parent=folder.name, init=init, parent_init=m.get("finetune", {}).get("init"), exit_weight=weight,
+                fingerprint=fp,
                 seconds=time.perf_counter() - t0, device=str(device),
                 threshold_budget=float(m["expected_macs"]), parent_thresholds=m["thresholds"],
                 val_before={"accuracy": before_acc, "expected_macs": before_macs,

@@ -808,7 +808,9 @@ def setup_lines(run: RunData) -> list[str]:
             lines.append(f"nachos finetune {base} {run.dir / 'export' / ft['parent']} "
                          f"export.finetune_epochs={ft['epochs']} "
                          + (f"export.finetune_lr={ft['lr']:g}" if init == "inherited" else
-                            f"export.finetune_init={init}"))
+                            f"export.finetune_init={init}")
+                         + (f" export.finetune_exit_weight={ft['exit_weight']:g}"
+                            if ft.get("exit_weight", 1.0) != 1.0 else ""))
         lines.append(f"nachos eval {base}")
     if run.baselines:
         epochs = sorted({b['epochs'] for b in run.baselines})
@@ -865,7 +867,8 @@ def finetune_lines(run: RunData) -> list[str]:
 
         tp, tf = test(parent), test(e)
         rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {e.manifest['thresholds']}",
-                     f"{ft['epochs']} @ lr {ft['lr']:g}{TRAINING_LABEL[e.training]}, "
+                     f"{ft['epochs']} @ lr {ft['lr']:g}{TRAINING_LABEL[e.training]}"
+                     f"{'' if ft.get('exit_weight', 1.0) == 1.0 else ', exit weight ' + format(ft['exit_weight'], 'g')}, "
                      f"{duration(ft.get('train_seconds'))}",
                      f"{pct(b['accuracy'])} -> {pct(a['accuracy'])}",
                      f"{mmacs(b['expected_macs'])} -> {mmacs(a['expected_macs'])}",

@@ -178,6 +178,9 @@ class ExportConfig:
                             "the searched network retrained, exits included; or (static) train only fresh exit "
                             "heads, same recipe, on the frozen backbone of the run's static baseline of that arch "
                             "(`nachos baseline`), whose accuracy the final classifier then keeps")
+    finetune_exit_weight: float = _f(1.0, lo=0.0, help="finetune: weight of the exits' mean loss against the final "
+                                     "classifier's (scales exits.w_ce and exits.w_distill; 1 = the supernet's member "
+                                     "loss); other values name the export <id>-<kind><epochs>-w<weight>")
     report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
                                 "next to the config's run (e.g. [mnist])")
     report_dir: str = _f("docs", help="report: folder of RESULTS.md and its results_<name>.png plots")

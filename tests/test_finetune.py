@@ -188,3 +188,25 @@ def test_static_init_trains_only_new_heads_on_the_static_baselines_backbone(expo
     assert info["init"] == "static" and info["static_baseline"]["tag"] == "static"
     # so the final classifier keeps the static network's validation accuracy
     assert info["val_after"]["final_classifier_accuracy"] == pytest.approx(base["val_accuracy"], abs=2 / 300)
+
+
+def test_exit_weight_scales_the_exit_losses_and_names_the_export(exported, tmp_path: Path, monkeypatch) -> None:
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_init=scratch", "export.finetune_epochs=1", "export.finetune_exit_weight=0.3",
+               "export.onnx=false", "export.torchscript=false")
+    parent = _copy(parent, run)
+    seen = {}
+
+    def fake_train(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0, **_):
+        seen.update(exits=src.exits, ckpt=ckpt_path)
+        return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": 0, "train_seconds": 0.0,
+                "history": []}
+
+    monkeypatch.setattr(ft, "train", fake_train)
+    out = ft.finetune_export(parent, run)
+    assert out.name == f"{parent.name}-scratch1-w0.3" and seen["ckpt"] == out.with_name(out.name + ".pt")
+    assert seen["exits"].w_ce == pytest.approx(0.3 * run.exits.w_ce)
+    assert seen["exits"].w_distill == pytest.approx(0.3 * run.exits.w_distill)
+    assert json.loads((out / "arch.json").read_text())["finetune"]["exit_weight"] == 0.3
+    # the default keeps the supernet's member loss and the plain name
+    assert ft.with_exit_weight(run, 1.0) is run and ft.finetuned_name("x", 1, "scratch") == "x-scratch1"
