@@ -285,6 +285,7 @@ def tradeoff_curve(val_cache: Any, test_pred: np.ndarray, test_conf: np.ndarray,
                        "test": _apply_on_test(thresholds, test_pred, test_conf, labels, criterion, exit_costs)})
     return points
 
+
 def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
     """Evaluate one export on the test split; writes eval.json / eval.md / eval.png into it."""
     from nachos.data import load_splits, make_loader

@@ -598,7 +598,7 @@ def goal_baselines(run: RunData) -> Goal:
 
     ok, detail = verdict([c for c in baseline_comparison(run, searched_only=True) if c["rival"]])
     if any(not searched(e) for e in evaluated(run)):
-        ok_all, detail_all = verdict([c for c in baseline_comparison(run) if c["rival"]])
+        _, detail_all = verdict([c for c in baseline_comparison(run) if c["rival"]])
         detail = (f"EENs with searched backbones: {detail}. Counting also the hand-designed backbone with the exits "
                   f"and thresholds nachos chose for it (`export.select=hand`): {detail_all}")
     return Goal(text, "met" if ok else "missed", detail)
