@@ -223,15 +223,22 @@ def deployment_grid(src: Config) -> np.ndarray:
     return np.union1d(search_grid(src), np.round(np.linspace(0.0, 1.0, DEPLOY_STEPS + 1), 6))
 
 
-def choose_thresholds(cache: Any, grid: np.ndarray, criterion: str, exit_costs: np.ndarray, budget: float = np.inf,
-                      min_accuracy: float | None = None) -> tuple[list[float], list[int]]:
-    """Thresholds of ``grid`` with the highest accuracy on ``cache`` and expected cost <= ``budget``,
-    or, given ``min_accuracy``, with the lowest expected cost and accuracy >= it; and their indices."""
-    from search.scoring import ExitSetScorer, refine_thresholds
+def threshold_scorer(cache: Any, grid: np.ndarray, criterion: str, exit_costs: np.ndarray) -> Any:
+    """The search's scorer over an export's own exits (``cache`` from ``validation_cache``)."""
+    from search.scoring import ExitSetScorer
 
-    scorer = ExitSetScorer(cache, tuple(range(cache.num_positions)), grid, criterion, exit_costs)
-    idx, _, _ = refine_thresholds(scorer, budget * (1 + 1e-9), min_accuracy=min_accuracy)
-    return [float(grid[j]) for j in idx], [int(j) for j in idx]
+    return ExitSetScorer(cache, tuple(range(cache.num_positions)), grid, criterion, exit_costs)
+
+
+def choose_thresholds(scorer: Any, budget: float = np.inf,
+                      min_accuracy: float | None = None) -> tuple[list[float], list[int], float, float]:
+    """Thresholds of the scorer's grid with the highest accuracy and expected cost <= ``budget``, or,
+    given ``min_accuracy``, with the lowest expected cost and accuracy >= it: (thresholds, their grid
+    indices, accuracy, expected cost)."""
+    from search.scoring import refine_thresholds
+
+    idx, acc, cost = refine_thresholds(scorer, budget * (1 + 1e-9), min_accuracy=min_accuracy)
+    return [float(scorer.grid[j]) for j in idx], [int(j) for j in idx], acc, cost
 
 
 def _apply_on_test(thresholds: list[float], test_pred: np.ndarray, test_conf: np.ndarray, labels: np.ndarray,
@@ -243,48 +250,40 @@ def _apply_on_test(thresholds: list[float], test_pred: np.ndarray, test_conf: np
             "exit_rates": (counts / counts.sum()).tolist()}
 
 
-def _val_figures(val_cache: Any, thresholds: list[float], criterion: str, exit_costs: np.ndarray) -> dict[str, float]:
-    from search.scoring import score_direct
-
-    acc, _, macs = score_direct(val_cache, tuple(range(val_cache.num_positions)), np.asarray(thresholds), criterion,
-                                exit_costs)
-    return {"accuracy": acc, "expected_macs": macs}
-
-
-def operating_point(val_cache: Any, test_pred: np.ndarray, test_conf: np.ndarray, labels: np.ndarray, src: Config,
-                    criterion: str, exit_costs: np.ndarray, backbone_macs: float, max_drop: float) -> dict[str, Any]:
-    """The export's own exits at the cheapest thresholds whose VALIDATION accuracy is at most
-    ``max_drop`` below its final classifier's (what a deployer who may lose ``max_drop`` would pick),
-    then scored on the test predictions (``test_pred`` (E+1, N), ``test_conf`` (E, N)). A head whose
-    threshold never lets a sample out still costs its MACs: the export's exit set is fixed."""
-    final_val = float(val_cache.correct[-1].mean())
-    thresholds, idx = choose_thresholds(val_cache, deployment_grid(src), criterion, exit_costs,
-                                        min_accuracy=final_val - max_drop)
+def operating_point(scorer: Any, final_val: float, test_pred: np.ndarray, test_conf: np.ndarray,
+                    labels: np.ndarray, criterion: str, exit_costs: np.ndarray, backbone_macs: float,
+                    max_drop: float) -> dict[str, Any]:
+    """The export's own exits at the cheapest thresholds whose VALIDATION accuracy (``scorer``) is at
+    most ``max_drop`` below its final classifier's ``final_val`` (what a deployer who may lose
+    ``max_drop`` would pick), then scored on the test predictions (``test_pred`` (E+1, N),
+    ``test_conf`` (E, N)). A head whose threshold never lets a sample out still costs its MACs: the
+    export's exit set is fixed."""
+    thresholds, _, val_acc, val_macs = choose_thresholds(scorer, min_accuracy=final_val - max_drop)
     test = _apply_on_test(thresholds, test_pred, test_conf, labels, criterion, exit_costs)
     final_test = float((test_pred[-1] == labels).mean())
     test.update(final_classifier_accuracy=final_test, loss_vs_final=final_test - test["accuracy"],
                 saving_vs_backbone=1.0 - test["expected_macs"] / backbone_macs)
-    val = dict(_val_figures(val_cache, thresholds, criterion, exit_costs), final_classifier_accuracy=final_val)
     return {"rule": "cheapest thresholds with validation accuracy >= final classifier - max_accuracy_drop",
-            "max_accuracy_drop": max_drop, "thresholds": thresholds, "val": val, "test": test}
+            "max_accuracy_drop": max_drop, "thresholds": thresholds,
+            "val": {"accuracy": val_acc, "expected_macs": val_macs, "final_classifier_accuracy": final_val},
+            "test": test}
 
 
-def tradeoff_curve(val_cache: Any, test_pred: np.ndarray, test_conf: np.ndarray, labels: np.ndarray, src: Config,
-                   criterion: str, exit_costs: np.ndarray, steps: int = 21) -> list[dict[str, Any]]:
+def tradeoff_curve(scorer: Any, test_pred: np.ndarray, test_conf: np.ndarray, labels: np.ndarray, criterion: str,
+                   exit_costs: np.ndarray, steps: int = 21) -> list[dict[str, Any]]:
     """The trained network's accuracy / expected-MAC trade-off over its thresholds: for budgets
-    from its first exit's cost to its peak, the most accurate thresholds on VALIDATION within the
-    budget, then scored on test. Each point is a deployment choice made without the test split."""
-    points, seen, grid = [], set(), deployment_grid(src)
+    from its first exit's cost to its peak, the most accurate thresholds on VALIDATION (``scorer``)
+    within the budget, then scored on test. Each point is a deployment choice made without the test split."""
+    points, seen = [], set()
     for budget in np.linspace(exit_costs[0], exit_costs[-1], steps):
-        thresholds, idx = choose_thresholds(val_cache, grid, criterion, exit_costs, budget=float(budget))
-        if tuple(idx) in seen:
+        thresholds, _, val_acc, val_macs = choose_thresholds(scorer, budget=float(budget))
+        if tuple(thresholds) in seen:
             continue
-        seen.add(tuple(idx))
+        seen.add(tuple(thresholds))
         points.append({"budget": float(budget), "thresholds": thresholds,
-                       "val": _val_figures(val_cache, thresholds, criterion, exit_costs),
+                       "val": {"accuracy": val_acc, "expected_macs": val_macs},
                        "test": _apply_on_test(thresholds, test_pred, test_conf, labels, criterion, exit_costs)})
     return points
-
 
 def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
     """Evaluate one export on the test split; writes eval.json / eval.md / eval.png into it."""
@@ -329,10 +328,12 @@ def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
         "mac_convention": m["macs"]["convention"],
     }
     val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed, mean=mean, std=std)
-    val_cache = validation_cache(model, val_loader)
-    result["operating_point"] = operating_point(val_cache, all_pred, conf, labels, src, model.criterion, costs,
-                                                float(m["macs"]["backbone"]), cfg.export.max_accuracy_drop)
-    result["tradeoff"] = tradeoff_curve(val_cache, all_pred, conf, labels, src, model.criterion, costs)
+    val_cache = validation_cache(model, val_loader)  # one scorer for the operating point and every budget
+    scorer = threshold_scorer(val_cache, deployment_grid(src), model.criterion, costs)
+    result["operating_point"] = operating_point(scorer, float(val_cache.correct[-1].mean()), all_pred, conf, labels,
+                                                model.criterion, costs, float(m["macs"]["backbone"]),
+                                                cfg.export.max_accuracy_drop)
+    result["tradeoff"] = tradeoff_curve(scorer, all_pred, conf, labels, model.criterion, costs)
     result["seconds_accuracy_pass"] = time.perf_counter() - t0
     k = min(cfg.export.latency_images, n)
     if k:

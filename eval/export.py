@@ -392,16 +392,15 @@ class Exporter:
         at most ``export.max_accuracy_drop`` below its own final classifier's, scored as the search
         scores (BN recalibration, prediction cache)."""
         from eval.baselines import hand_designed_arch
-        from search.scoring import cheapest_exit_configuration, threshold_grid
+        from eval.evaluate import search_grid
+        from search.scoring import cheapest_exit_configuration
 
         arch = hand_designed_arch(self.space)
         cache = self.backend.prediction_cache(arch)
-        s = self.cfg.search
         final = float(cache.correct[-1].mean())
         best = cheapest_exit_configuration(
             cache, self.space.available_exits(arch), lambda ex: self.backend.exit_macs(arch, ex),
-            threshold_grid(s.threshold_min, s.threshold_max, s.threshold_steps), self.criterion,
-            final - self.cfg.export.max_accuracy_drop)
+            search_grid(self.cfg), self.criterion, final - self.cfg.export.max_accuracy_drop)
         exits = tuple(best["exits"])
         counts = np.asarray(best["counts"], dtype=np.float64)
         return {"name": "hand-exits", "algorithm": "hand", "arch": arch.to_dict(), "exits": best["exits"],

@@ -214,7 +214,7 @@ def validation_figures(model: EarlyExitModel, loader: Any, exit_costs: np.ndarra
 # ----------------------------------------------------------------------------- one export
 def finetune_export(folder: str | Path, cfg: Config) -> Path:
     """Fine-tune (or retrain) one export; returns the new export folder (``finetuned_name``) next to it."""
-    from eval.evaluate import choose_thresholds, search_grid, source_config, validation_cache
+    from eval.evaluate import choose_thresholds, search_grid, source_config, threshold_scorer, validation_cache
     from nachos.data import load_splits, make_loader
     from search.scoring import score_direct
 
@@ -264,14 +264,14 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
         info["static_baseline"] = {"tag": static[0]["tag"], "checkpoint": str(static[1]),
                                    "fingerprint": static[0]["fingerprint"], "test_accuracy": static[0]["test_accuracy"]}
     cache = validation_cache(model, val_loader)
-    thresholds, idx = choose_thresholds(cache, search_grid(src), m["criterion"], exit_costs, float(m["expected_macs"]))
+    thresholds, idx, _, _ = choose_thresholds(threshold_scorer(cache, search_grid(src), m["criterion"], exit_costs),
+                                              budget=float(m["expected_macs"]))
     tuned = EarlyExitModel(model.static_net(), thresholds, m["criterion"], m["input"]["mean"],
                            m["input"]["std"]).to(device).eval()
     after = validation_figures(tuned, val_loader, exit_costs)
     after["search"] = m["validation"].get("search")
     info.update(parent=folder.name, init=init, parent_init=m.get("finetune", {}).get("init"), exit_weight=weight,
-                fingerprint=fp,
-                seconds=time.perf_counter() - t0, device=str(device),
+                fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),
                 threshold_budget=float(m["expected_macs"]), parent_thresholds=m["thresholds"],
                 val_before={"accuracy": before_acc, "expected_macs": before_macs,
                             "final_classifier_accuracy": float(before_cache.correct[-1].mean())},

@@ -571,7 +571,7 @@ def baseline_comparison(run: RunData, searched_only: bool = False) -> list[dict[
 
 def goal_baselines(run: RunData) -> Goal:
     text = "searched EENs beat static baselines of equal expected MACs (test accuracy)"
-    if not [c for c in baseline_comparison(run) if c["rival"]]:
+    if not any(like_for_like(run, b) for b in run.baselines):
         return Goal(text, "not run", f"no static baseline trained >= the supernet's {run.cfg.train.epochs} epochs "
                                      "(`nachos baseline`)")
     if not evaluated(run):

@@ -80,6 +80,7 @@ class ExitSetScorer:
         if list(self.exits) != sorted(set(self.exits)):
             raise ValueError(f"exit set {exits} must be strictly increasing positions")
         self.k = len(self.exits)
+        self.grid = np.asarray(grid)
         self.grid_size = len(grid)
         self.n = cache.num_samples
         self.exit_costs = np.asarray(exit_costs, dtype=np.float64)
@@ -296,17 +297,14 @@ def cheapest_exit_configuration(cache: BackboneCache, positions: Sequence[int],
     ``min_accuracy``, over every subset of ``positions`` (no exit included): early exits for a
     backbone chosen by hand rather than by the search. With none accurate enough, the most
     accurate configuration. Returns exits, threshold_idx, thresholds, accuracy, expected_cost, counts."""
-    best: tuple[tuple[bool, float, float], dict[str, Any]] | None = None
+    best: tuple[tuple[np.ndarray, float, float], tuple[int, ...], ExitSetScorer] | None = None
     for k in range(len(positions) + 1):
         for exits in itertools.combinations(sorted(positions), k):
             scorer = ExitSetScorer(cache, exits, grid, criterion, np.asarray(exit_costs(exits), dtype=np.float64))
-            idx, acc, cost = refine_thresholds(scorer, math.inf, min_accuracy=min_accuracy)
-            ok = acc >= min_accuracy
-            rank = (not ok, cost if ok else -acc, -acc if ok else cost)
-            if best is None or rank < best[0]:
-                counts = scorer.score(idx[None]).counts[0]
-                best = (rank, {"exits": list(exits), "threshold_idx": [int(j) for j in idx],
-                               "thresholds": [float(grid[j]) for j in idx], "accuracy": acc,
-                               "expected_cost": cost, "counts": [int(c) for c in counts]})
+            found = refine_thresholds(scorer, math.inf, min_accuracy=min_accuracy)
+            if best is None or _prefer(found, best[0], math.inf, min_accuracy):
+                best = (found, exits, scorer)
     assert best is not None
-    return best[1]
+    (idx, acc, cost), exits, scorer = best
+    return {"exits": list(exits), "threshold_idx": [int(j) for j in idx], "thresholds": [float(grid[j]) for j in idx],
+            "accuracy": acc, "expected_cost": cost, "counts": [int(c) for c in scorer.score(idx[None]).counts[0]]}
