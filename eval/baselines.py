@@ -28,7 +28,8 @@ channels_last, bf16 autocast on GPU. Epochs: ``export.baseline_epochs``, 0 = the
 ``train.epochs``. Evaluated on the validation split and on the test split (``export.test_subset``
 as ``nachos eval`` uses it, so baselines and exports see the same test images).
 
-Writes ``<run_dir>/baselines/<tag>.json`` (atomic) and the checkpoint ``<tag>.pt`` after every
+Writes ``<run_dir>/baselines/<tag>.json`` (``<tag>-e<epochs>.json`` when the epochs differ from the
+run's ``train.epochs``, so that a longer-trained rival does not replace the like-for-like one; atomic) and the checkpoint ``<tag>.pt`` after every
 epoch; a rerun resumes an unfinished baseline from its checkpoint and skips finished ones.
 """
 from __future__ import annotations
@@ -377,6 +378,8 @@ def baseline_command(cfg: Config, args: Any) -> int:
     export_dir = getattr(args, "export_dir", None)
     chosen = ([export_backbone(run, export_dir)] if export_dir
               else choose_baselines(run, cfg.export.baselines, cfg.export.max_baselines))
+    if epochs != run.train.epochs:  # a longer or shorter rival sits beside the like-for-like one, not over it
+        chosen = [(f"{tag}-e{epochs}", arch, origin) for tag, arch, origin in chosen]
     out_dir = run.run_dir / "baselines"
     print(f"{len(chosen)} static baseline(s) of run {run.name}, {epochs} epochs each, on "
           f"{resolve_device(run.device)} -> {out_dir}/", file=sys.stderr)

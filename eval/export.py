@@ -326,14 +326,21 @@ class Exporter:
 
     cfg: Config
     config_path: str | None = None
+    # the hand-designed network needs only the supernet: its exits are chosen here, not searched
+    needs_search: bool = True
 
     def __post_init__(self) -> None:
         from search.backend import SupernetBackend
 
-        self.search_path, self.search = load_search_result(self.cfg, self.config_path)
         self.backend = SupernetBackend(self.cfg, self.config_path)
         self.space = self.backend.space
         self.criterion = self.cfg.exits.criterion
+        self.ckpt_sha256 = sha256_file(self.backend.ckpt_path)
+        self.search_path: Path | None = None
+        self.search: dict[str, Any] = {"front": []}
+        if not self.needs_search and not (self.cfg.run_dir / "search" / "pareto.json").is_file():
+            return
+        self.search_path, self.search = load_search_result(self.cfg, self.config_path)
         if self.search.get("metric", "macs") != self.cfg.search.metric:
             print(f"note: the search optimised {self.search.get('metric')}, this config says "
                   f"search.metric={self.cfg.search.metric}", file=sys.stderr)
@@ -341,7 +348,6 @@ class Exporter:
         if ckpt.stat().st_mtime > res.stat().st_mtime:
             print(f"warning: {ckpt} is newer than {res}: the supernet changed after the search, so the search's "
                   "figures may not hold for the exported models; rerun the search first", file=sys.stderr)
-        self.ckpt_sha256 = sha256_file(ckpt)
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """The search's BN batches (same seed, same images), or as many as export.bn_calib_batches asks."""
@@ -396,14 +402,19 @@ class Exporter:
         from search.scoring import cheapest_exit_configuration
 
         arch = hand_designed_arch(self.space)
+        available, fixed = self.space.available_exits(arch), sorted(set(self.cfg.export.hand_exits))
+        if not set(fixed) <= set(available):
+            raise RunError(f"export.hand_exits={fixed}: the hand-designed network {arch} has exit positions "
+                           f"{list(available)} only; pick among them, or leave export.hand_exits empty")
         cache = self.backend.prediction_cache(arch)
         final = float(cache.correct[-1].mean())
         best = cheapest_exit_configuration(
-            cache, self.space.available_exits(arch), lambda ex: self.backend.exit_macs(arch, ex),
-            search_grid(self.cfg), self.criterion, final - self.cfg.export.max_accuracy_drop)
+            cache, fixed or available, lambda ex: self.backend.exit_macs(arch, ex),
+            search_grid(self.cfg), self.criterion, final - self.cfg.export.max_accuracy_drop, every_subset=not fixed)
         exits = tuple(best["exits"])
         counts = np.asarray(best["counts"], dtype=np.float64)
-        return {"name": "hand-exits", "algorithm": "hand", "arch": arch.to_dict(), "exits": best["exits"],
+        name = "hand-exits" + "".join(f"-{p}" for p in fixed)
+        return {"name": name, "algorithm": "hand", "arch": arch.to_dict(), "exits": best["exits"],
                 "thresholds": best["thresholds"], "threshold_idx": best["threshold_idx"],
                 "accuracy": best["accuracy"], "expected_macs": best["expected_cost"],
                 "peak_macs": float(self.backend.exit_macs(arch, exits)[-1]),
@@ -469,7 +480,7 @@ class Exporter:
             "source": {"run": str(cfg.run_dir), "name": cfg.name, "config_path": self.config_path,
                        "config_hash": config_hash(cfg), "space_hash": self.space.space_hash(),
                        "checkpoint": str(self.backend.ckpt_path), "checkpoint_sha256": self.ckpt_sha256,
-                       "search": str(self.search_path), "algorithm": rec.get("algorithm"),
+                       "search": self.search_path and str(self.search_path), "algorithm": rec.get("algorithm"),
                        "candidate_id": rec.get("id"), "front_index": index,
                        "bn_calib_batches": len(self.calibration_batches()), "seed": cfg.seed,
                        "torch": torch.__version__},
@@ -509,8 +520,8 @@ def write_index(cfg: Config) -> Path:
 
 
 def run_export(cfg: Config, config_path: str | None = None, select: str | None = None) -> list[Path]:
-    exporter = Exporter(cfg, config_path)
     select = select or cfg.export.select
+    exporter = Exporter(cfg, config_path, needs_search=select.strip().lower() != "hand")
     if select.strip().lower() == "hand":
         folders = [exporter.export(None, exporter.hand_record())]
     else:

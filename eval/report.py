@@ -389,8 +389,14 @@ def exit_ablation_test(run: RunData) -> list[dict[str, Any]]:
     cheapest thresholds within ``export.max_accuracy_drop`` on validation, see ``eval.evaluate``):
     early exit vs the same backbone without exits. That is its own final classifier on every image
     (same weights) and, when one was trained like for like, the static network of the same arch
-    trained alone; the loss is taken against the better of the two."""
-    statics = {b["arch_key"]: b for b in run.baselines if b.get("arch_key") and like_for_like(run, b)}
+    trained alone (the most accurate, when it was trained for several lengths); the loss is taken
+    against the better of the two."""
+    statics: dict[str, dict[str, Any]] = {}
+    for b in run.baselines:
+        if b.get("arch_key") and like_for_like(run, b):
+            held = statics.get(b["arch_key"])
+            if held is None or b["test_accuracy"] > held["test_accuracy"]:
+                statics[b["arch_key"]] = b
     rows = []
     for e in run.exports:
         ev = e.eval

@@ -151,6 +151,9 @@ class ExportConfig:
     max_accuracy_drop: float = _f(0.005, lo=0.0, hi=1.0, help="exits chosen for a fixed backbone (export.select=hand, "
                                   "eval's operating point): the cheapest exits and thresholds whose validation "
                                   "accuracy is at most this below the network's own final classifier")
+    hand_exits: list[int] = _f(default_factory=list, help="export.select=hand: these exit positions exactly, their "
+                               "thresholds still chosen by max_accuracy_drop (empty = the cheapest subset of all); the "
+                               "export is named hand-exits-<p1>-<p2>..")
     onnx: bool = _f(True, help="also write ONNX segment graphs")
     torchscript: bool = _f(True, help="also write a TorchScript early-exit model")
     onnx_opset: int = _f(17, lo=13, hi=21, help="ONNX opset of the segment and head graphs")

@@ -292,13 +292,15 @@ def _coordinate_descent(scorer: ExitSetScorer, j: np.ndarray, budget: float, max
 
 def cheapest_exit_configuration(cache: BackboneCache, positions: Sequence[int],
                                 exit_costs: Callable[[tuple[int, ...]], np.ndarray], grid: np.ndarray,
-                                criterion: str, min_accuracy: float) -> dict[str, Any]:
+                                criterion: str, min_accuracy: float, every_subset: bool = True) -> dict[str, Any]:
     """Exits and thresholds of one fixed backbone with the lowest expected cost at accuracy >=
-    ``min_accuracy``, over every subset of ``positions`` (no exit included): early exits for a
-    backbone chosen by hand rather than by the search. With none accurate enough, the most
-    accurate configuration. Returns exits, threshold_idx, thresholds, accuracy, expected_cost, counts."""
+    ``min_accuracy``, over every subset of ``positions`` (no exit included), or with exactly
+    ``positions`` as exits when not ``every_subset``: early exits for a backbone chosen by hand
+    rather than by the search. With none accurate enough, the most accurate configuration.
+    Returns exits, threshold_idx, thresholds, accuracy, expected_cost, counts."""
     best: tuple[tuple[np.ndarray, float, float], tuple[int, ...], ExitSetScorer] | None = None
-    for k in range(len(positions) + 1):
+    sizes = range(len(positions) + 1) if every_subset else [len(positions)]
+    for k in sizes:
         for exits in itertools.combinations(sorted(positions), k):
             scorer = ExitSetScorer(cache, exits, grid, criterion, np.asarray(exit_costs(exits), dtype=np.float64))
             found = refine_thresholds(scorer, math.inf, min_accuracy=min_accuracy)

@@ -441,6 +441,27 @@ def test_hand_designed_network_gets_the_cheapest_exits_within_the_drop(exported,
     assert json.loads((cfg.run_dir / "export" / "index.json").read_text())[0]["id"] == "hand-exits"
 
 
+@pytest.mark.slow
+def test_hand_designed_network_with_the_exits_given_needs_no_search(exported, tmp_path: Path) -> None:
+    from eval.baselines import hand_designed_arch
+
+    cfg0, _, _ = exported
+    space = SearchSpace.from_config(cfg0.space)
+    arch = hand_designed_arch(space)
+    last = space.available_exits(arch)[-1]
+    cfg = _cfg(tmp_path, f"export.hand_exits=[{last}]", "export.onnx=false", "export.torchscript=false")
+    shutil.copytree(cfg0.run_dir, cfg.run_dir, ignore=shutil.ignore_patterns("export", "search"))
+    with pytest.raises(RunError, match="no search result"):  # the front still needs one
+        run_export(cfg, TINY, select="best")
+    folder = run_export(cfg, TINY, select="hand")[0]
+    m = json.loads((folder / "arch.json").read_text())
+    assert folder.name == f"hand-exits-{last}" and m["exits"] == [last] and m["source"]["search"] is None
+    assert len(m["thresholds"]) == 1 and m["validation"]["same_exits_as_search"] == 1.0
+    bad = _cfg(tmp_path, "export.hand_exits=[99]", "export.onnx=false", "export.torchscript=false")
+    with pytest.raises(RunError, match=r"export.hand_exits=\[99\]: the hand-designed network .* has exit positions"):
+        run_export(bad, TINY, select="hand")
+
+
 def test_eval_without_exports_names_the_fix(tmp_path: Path) -> None:
     from eval.evaluate import resolve_export_dirs
 

@@ -248,6 +248,14 @@ def test_savings_goal_uses_operating_points_and_the_static_backbone(run_folder) 
     static["test_accuracy"] = 0.8400  # the static network trained alone is better: 0.90 points lost
     g = goal_savings(run)
     assert g.status == "missed" and "no export within 0.5 points" in g.detail and "loses 0.88 points" in g.detail
+    # the same arch trained for two lengths: the more accurate one is the reference, whichever it is
+    run.baselines.append(dict(static, tag="planted-e9", epochs=cfg.train.epochs + 7, test_accuracy=0.8300))
+    assert goal_savings(run).status == "missed"
+    static["test_accuracy"] = 0.8300
+    run.baselines[-1]["test_accuracy"] = 0.8400
+    assert goal_savings(run).status == "missed"
+    run.baselines.pop()
+    static["test_accuracy"] = 0.8400
     static["epochs"] = cfg.train.epochs - 1  # trained for less than the supernet: not a reference
     assert goal_savings(run).status == "met"
 
@@ -423,7 +431,7 @@ def test_baseline_of_one_export_trains_exactly_its_backbone(run_folder, tmp_path
                  "data.train_subset=200", "data.val_subset=100", "export.test_subset=200", "export.baseline_epochs=1"]
     assert main(["baseline", "--config", str(TINY), str(export), *overrides]) == 0
     [result] = [json.loads(p.read_text()) for p in (run_dir / "baselines").glob("*.json")]
-    assert result["arch"] == arch and result["tag"] == f"backbone-{Arch.from_dict(arch).key()}"
+    assert result["arch"] == arch and result["tag"] == f"backbone-{Arch.from_dict(arch).key()}-e1"
     assert result["origin"]["kind"] == "export backbone" and result["origin"]["export"] == exports[1]
     assert result["epochs"] == 1 and result["exits"] == []
 

@@ -169,6 +169,14 @@ def test_cheapest_exit_configuration_searches_every_exit_subset() -> None:
             s = sc.score(J)
             ok = s.accuracy >= floor
             assert not ok.any() or s.expected_cost[ok].min() >= best["expected_cost"] - 1e-6
+    # exactly the exits given: the same brute force over that one set's thresholds
+    fixed = cheapest_exit_configuration(cache, [0, 2], exit_costs, grid, "softmax", floor, every_subset=False)
+    assert fixed["exits"] == [0, 2]
+    s = ExitSetScorer(cache, (0, 2), grid, "softmax", exit_costs((0, 2))).score(
+        np.array(list(itertools.product(range(6), repeat=2)), dtype=np.int64))
+    ok = s.accuracy >= floor
+    assert fixed["expected_cost"] == pytest.approx(s.expected_cost[ok].min() if ok.any() else
+                                                   s.expected_cost[s.accuracy.argmax()])
 
 
 # ----------------------------------------------------------------------------- genome
