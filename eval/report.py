@@ -120,6 +120,12 @@ class Export:
         return "static+joint" if init == "inherited" and ft.get("parent_init") == "static" else init
 
     @property
+    def control(self) -> bool:
+        """Fine-tuned with the exits' loss off (``export.finetune_exit_weight=0``): its final classifier
+        is its backbone trained further without exits, a static rival, and its exits are stale."""
+        return self.finetuned and self.manifest["finetune"].get("exit_weight", 1.0) == 0.0
+
+    @property
     def candidate(self) -> tuple[Any, Any]:
         src = self.manifest.get("source", {})
         return src.get("algorithm"), src.get("candidate_id")
@@ -197,7 +203,41 @@ def load_run(cfg: Config, run_dir: Path) -> RunData:
         data = _read_json(path, problems)
         if isinstance(data, dict) and "test_accuracy" in data:
             run.baselines.append(data)
+    run.baselines += [b for e in run.exports if e.control and e.eval for b in [no_exit_control(run, e)] if b]
     return run
+
+
+def from_scratch(run: RunData) -> list[dict[str, Any]]:
+    """The static baselines trained from scratch (``nachos baseline``), without no-exit controls."""
+    return [b for b in run.baselines if b.get("origin", {}).get("kind") != "no-exit control"]
+
+
+def no_exit_control(run: RunData, e: Export) -> dict[str, Any] | None:
+    """A no-exit control export (``Export.control``) as a static baseline: its final classifier on
+    every test image, at its backbone's MACs, trained for the epochs of the static network under it
+    plus its own; None (noted in ``run.problems``) when that lineage cannot be traced."""
+    by_id = {x.id: x for x in run.exports}
+    ft = e.manifest["finetune"]
+    parent = by_id.get(ft.get("parent", ""))
+    under = ((parent.manifest.get("finetune") or {}).get("static_baseline") or {}) if parent else {}
+    static = next((b for b in run.baselines if b.get("tag") == under.get("tag")), None)
+    if static is None or not e.eval.get("exit_accuracy_all_samples"):
+        run.problems.append(f"no-exit control `{e.id}`: the static network under it is not among the run's baselines "
+                            "(it needs a parent trained with export.finetune_init=static), or it lacks per-exit test "
+                            "figures; left out")
+        return None
+    from supernet.space import Arch
+
+    arch = Arch.from_dict(e.manifest["arch"])
+    epochs = int(static["epochs"]) + int(ft["epochs"])
+    return {"tag": e.id, "short": f"static {epochs} ep", "arch": e.manifest["arch"], "arch_key": arch.key(),
+            "arch_str": e.manifest.get("arch_str", str(arch)),
+            "origin": {"kind": "no-exit control", "export": e.id, "static": static["tag"]}, "exits": [],
+            "epochs": epochs, "test_accuracy": float(e.eval["exit_accuracy_all_samples"][-1]),
+            "val_accuracy": ft["val_after"]["final_classifier_accuracy"],
+            "macs": float(e.manifest["macs"]["backbone"]), "params": int(run.table().params(arch, [])),
+            "train_seconds": (static.get("train_seconds") or 0.0) + ft.get("train_seconds", 0.0),
+            "device": static.get("device")}
 
 
 # ----------------------------------------------------------------------------- supernet cost
@@ -398,9 +438,9 @@ def exit_ablation_test(run: RunData) -> list[dict[str, Any]]:
             if held is None or b["test_accuracy"] > held["test_accuracy"]:
                 statics[b["arch_key"]] = b
     rows = []
-    for e in run.exports:
+    for e in evaluated(run):
         ev = e.eval
-        if not ev or not ev.get("exit_accuracy_all_samples"):
+        if not ev.get("exit_accuracy_all_samples"):
             continue
         alone = float(ev["exit_accuracy_all_samples"][-1])
         static = statics.get(e.manifest.get("arch_key"))
@@ -470,7 +510,7 @@ def rank_correlation(run: RunData, epochs: int) -> dict[str, Any]:
     from supernet.space import Arch
 
     pairs = []
-    for b in run.baselines:
+    for b in from_scratch(run):
         if b.get("epochs") != epochs:
             continue
         arch = Arch.from_dict(b["arch"])
@@ -502,7 +542,8 @@ class Goal:
 
 
 def evaluated(run: RunData) -> list[Export]:
-    return [e for e in run.exports if e.eval]
+    """Evaluated early-exit networks (no-exit controls are static rivals, ``no_exit_control``)."""
+    return [e for e in run.exports if e.eval and not e.control]
 
 
 def goal_accuracy(run: RunData) -> Goal:
@@ -674,7 +715,8 @@ def _draw_accuracy_vs_macs(ax: Any, run: RunData, label_curves: bool = False) ->
         full = like_for_like(run, b)  # shorter-trained ones hollow: not rivals, rank-correlation points
         ax.scatter([b["macs"] / 1e6], [100 * b["test_accuracy"]], marker="D" if hand else "s", s=45, zorder=4,
                    color="#e07b00" if hand else "#b5651d", facecolors=None if full else "none")
-        label = (b["tag"] if hand else b["tag"].replace("backbone-", "")[:6]) + ("" if full else f" ({b['epochs']} ep)")
+        label = (b.get("short") or (b["tag"] if hand else b["tag"].replace("backbone-", "")[:6])) + (
+            "" if full else f" ({b['epochs']} ep)")
         ax.annotate(label, (b["macs"] / 1e6, 100 * b["test_accuracy"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     if any(like_for_like(run, b) for b in run.baselines):
@@ -798,16 +840,20 @@ def setup_lines(run: RunData) -> list[str]:
     exported = sorted({e.manifest.get("source", {}).get("front_index") for e in run.exports} - {None})
     select = ("all" if exported and len(exported) == len(run.front) else ",".join(map(str, exported)) or "best")
     lines += ["- Commands (the saved config; the pins undo its device profile so the run's own values hold):", "",
-              "```bash", f"nachos supernet {base}",
-              " ".join([f"nachos search {base}", *search_overrides(run.dir, run.config_dict)])]
+              "```bash", f"nachos supernet {base}"]
+    if run.pareto:
+        lines.append(" ".join([f"nachos search {base}", *search_overrides(run.dir, run.config_dict)]))
     if st:
         lines.append(f"nachos eval --supernet {base}")
     if run.exports:
         hand = any(e.candidate[0] == "hand" for e in run.exports)
         for sel in (select.split(",") if select != "all" else ["all"]) if exported or not hand else []:
             lines.append(f"nachos export {base} export.select={sel}")
-        if hand:
-            lines.append(f"nachos export {base} export.select=hand")
+        fixed = sorted({tuple(e.manifest.get("config", {}).get("export", {}).get("hand_exits") or ())
+                        for e in run.exports if e.candidate[0] == "hand" and not e.finetuned})
+        for exits in fixed:
+            lines.append(f"nachos export {base} export.select=hand"
+                         + (f" 'export.hand_exits=[{','.join(map(str, exits))}]'" if exits else ""))
         for e in sorted((e for e in run.exports if e.finetuned), key=lambda e: e.id):
             ft = e.manifest["finetune"]
             init = ft.get("init", "inherited")
@@ -818,9 +864,8 @@ def setup_lines(run: RunData) -> list[str]:
                          + (f" export.finetune_exit_weight={ft['exit_weight']:g}"
                             if ft.get("exit_weight", 1.0) != 1.0 else ""))
         lines.append(f"nachos eval {base}")
-    if run.baselines:
-        epochs = sorted({b['epochs'] for b in run.baselines})
-        lines.append(f"nachos baseline {base} export.baseline_epochs={epochs[0]}")
+    for epochs in sorted({b["epochs"] for b in from_scratch(run)}):
+        lines.append(f"nachos baseline {base} export.baseline_epochs={epochs}")
     lines += [f"nachos report {base}", "```"]
     return lines
 
@@ -941,8 +986,8 @@ def cost_lines(run: RunData) -> list[str]:
     else:
         lines.append("- Search: not run.")
     if run.baselines:
-        tot = sum(b.get("train_seconds") or 0.0 for b in run.baselines)
-        lines.append(f"- Static baselines: {len(run.baselines)} trained, {duration(tot)} in all.")
+        tot = sum(b.get("train_seconds") or 0.0 for b in from_scratch(run))
+        lines.append(f"- Static baselines: {len(from_scratch(run))} trained, {duration(tot)} in all.")
     ref = REFERENCE_CANDIDATES * REFERENCE_EPOCHS
     lines.append(f"- Reference NACHOS search (published code): ~{REFERENCE_CANDIDATES} candidates x "
                  f"{REFERENCE_EPOCHS} epochs = ~{ref:,} network-epochs of fine-tuning, from ImageNet-pretrained "
@@ -1034,7 +1079,7 @@ def ablation_lines(run: RunData) -> list[str]:
         if not run.baselines:
             return ["Not run (no static baselines)."]
         out: list[str] = []
-        for epochs in sorted({b.get("epochs") for b in run.baselines if isinstance(b.get("epochs"), int)}):
+        for epochs in sorted({b.get("epochs") for b in from_scratch(run) if isinstance(b.get("epochs"), int)}):
             rc = rank_correlation(run, epochs)
             rows = [[p["tag"], pct(p["inherited"]), pct(p["scratch_val"]), pct(p["scratch_test"]), mmacs(p["macs"])]
                     for p in rc["pairs"]]

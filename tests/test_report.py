@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -375,7 +376,6 @@ def test_pins_reproduce_the_run_on_any_device(tmp_path: Path) -> None:
 
 
 def test_finetuned_exports_get_their_own_rows_next_to_their_parent(run_folder, tmp_path: Path) -> None:
-    import shutil
 
     from eval.report import finetune_lines, front_lines, load_run
 
@@ -415,7 +415,6 @@ def test_finetuned_exports_get_their_own_rows_next_to_their_parent(run_folder, t
 
 def test_baseline_of_one_export_trains_exactly_its_backbone(run_folder, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
-    import shutil
 
     from nachos.cli import main
 
@@ -457,3 +456,44 @@ def test_exports_are_told_apart_by_how_they_were_trained() -> None:
     assert export({"init": "scratch"}).training == "scratch"
     assert export({"init": "static"}).training == "static"
     assert export({"init": "inherited", "parent_init": "static"}).training == "static+joint"
+
+
+def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path: Path) -> None:
+    """An export fine-tuned with the exits' loss off (export.finetune_exit_weight=0) enters the
+    report as the static network of its arch trained as long (static epochs + its own), not as an EEN."""
+    from eval.report import evaluated, goal_baselines, goal_savings, load_run, run_section
+
+    cfg, _, exports, _, _, _ = run_folder
+    run_dir = tmp_path / cfg.name
+    shutil.copytree(cfg.run_dir, run_dir)
+    hand = json.loads((run_dir / "baselines" / "hand.json").read_text())
+    src = run_dir / "export" / exports[0]
+    m, ev = json.loads((src / "arch.json").read_text()), json.loads((src / "eval.json").read_text())
+    m["arch"], m["arch_str"] = hand["arch"], hand["arch_str"]
+    for eid, ft, alone in [("heads", {"init": "static", "static_baseline": {"tag": "hand"}, "parent": exports[0]}, 0.80),
+                           ("heads-ft3", {"init": "inherited", "parent_init": "static", "parent": "heads"}, 0.905),
+                           ("heads-ft3-w0", {"init": "inherited", "parent_init": "static", "parent": "heads",
+                                             "exit_weight": 0.0}, 0.915)]:
+        folder = run_dir / "export" / eid
+        folder.mkdir()
+        ft.update(epochs=3, lr=0.01, val_after={"final_classifier_accuracy": alone - 0.01})
+        (folder / "arch.json").write_text(json.dumps(dict(m, id=eid, finetune=ft)))
+        (folder / "eval.json").write_text(json.dumps(dict(ev, id=eid, accuracy=alone - 0.002,
+                                                          exit_accuracy_all_samples=[0.5, alone])))
+    run = load_run(cfg, run_dir)
+    [control] = [b for b in run.baselines if b["tag"] == "heads-ft3-w0"]
+    assert control["epochs"] == hand["epochs"] + 3 and control["test_accuracy"] == 0.915
+    assert control["macs"] == m["macs"]["backbone"] and control["origin"]["kind"] == "no-exit control"
+    assert "heads-ft3-w0" not in [e.id for e in evaluated(run)] and "heads-ft3" in [e.id for e in evaluated(run)]
+    # the EEN trained alongside it (90.3%) is measured against it (91.5%), not against the 90.00% static network
+    assert "heads-ft3-w0 (91.50%" in goal_baselines(run).detail
+    g3 = goal_savings(run)
+    assert "heads-ft3-w0" not in g3.detail
+    sec = run_section(run, None)
+    assert "| heads-ft3-w0 | no-exit control |" in sec
+    assert "export.finetune_exit_weight=0" in sec
+    # without the static network under it, its lineage is unknown: left out, and said so
+    (run_dir / "export" / "heads" / "arch.json").unlink()
+    run = load_run(cfg, run_dir)
+    assert not any(b["tag"] == "heads-ft3-w0" for b in run.baselines)
+    assert any("no-exit control `heads-ft3-w0`" in p for p in run.problems)
