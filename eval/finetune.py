@@ -226,6 +226,10 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
         raise RunError(f"{folder} is already a fine-tuned export; fine-tune its parent {m['finetune']['parent']} "
                        "instead (only exits trained on a static backbone, export.finetune_init=static, are trained "
                        "further, with export.finetune_init=inherited)")
+    if init == "static" and cfg.export.finetune_exit_weight == 0:
+        raise RunError("export.finetune_exit_weight=0 with export.finetune_init=static trains nothing (the backbone is "
+                       "frozen and the exits' loss is off); train the heads first, then the no-exit control from "
+                       "that export with export.finetune_init=inherited")
     # from scratch the network gets what the static baselines get, so the two compare like for like
     lr, warmup = (cfg.export.finetune_lr, 0.0) if init == "inherited" else (src.train.lr, src.train.warmup_epochs)
     weight = cfg.export.finetune_exit_weight

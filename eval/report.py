@@ -220,11 +220,13 @@ def no_exit_control(run: RunData, e: Export) -> dict[str, Any] | None:
     ft = e.manifest["finetune"]
     parent = by_id.get(ft.get("parent", ""))
     under = ((parent.manifest.get("finetune") or {}).get("static_baseline") or {}) if parent else {}
-    static = next((b for b in run.baselines if b.get("tag") == under.get("tag")), None)
+    # trained from scratch it owes nothing to another network; else to the static network under its parent
+    static = {"epochs": 0, "tag": None} if ft.get("init") == "scratch" else next(
+        (b for b in run.baselines if b.get("tag") == under.get("tag")), None)
     if static is None or not e.eval.get("exit_accuracy_all_samples"):
         run.problems.append(f"no-exit control `{e.id}`: the static network under it is not among the run's baselines "
-                            "(it needs a parent trained with export.finetune_init=static), or it lacks per-exit test "
-                            "figures; left out")
+                            "(it needs a parent trained with export.finetune_init=static, or to be trained from "
+                            "scratch), or it lacks per-exit test figures; left out")
         return None
     from supernet.space import Arch
 

@@ -188,6 +188,29 @@ def test_static_init_trains_only_new_heads_on_the_static_baselines_backbone(expo
     assert info["init"] == "static" and info["static_baseline"]["tag"] == "static"
     # so the final classifier keeps the static network's validation accuracy
     assert info["val_after"]["final_classifier_accuracy"] == pytest.approx(base["val_accuracy"], abs=2 / 300)
+    # heads on a frozen backbone without the exits' loss would train nothing
+    off = _cfg(tmp_path, "export.finetune_init=static", "export.finetune_epochs=2", "export.finetune_exit_weight=0")
+    with pytest.raises(RunError, match="finetune_exit_weight=0 with export.finetune_init=static trains nothing"):
+        ft.finetune_export(parent, off)
+
+
+@pytest.mark.slow
+def test_exit_weight_zero_trains_the_backbone_and_leaves_the_exits_alone(exported, tmp_path: Path) -> None:
+    """The no-exit control: the final classifier's loss alone moves the weights, so the exit heads
+    change by weight decay only while the backbone trains on."""
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_epochs=1", "export.finetune_exit_weight=0", "export.onnx=false",
+               "export.torchscript=false")
+    parent = _copy(parent, run)
+    out = ft.finetune_export(parent, run)
+    assert out.name == f"{parent.name}-ft1-w0"
+    before, after = load_exported(parent).static_net(), load_exported(out).static_net()
+    for h0, h1 in zip(before.heads, after.heads, strict=True):
+        for (k, v0), v1 in zip(h0.named_parameters(), h1.parameters(), strict=True):  # (BN statistics follow)
+            assert torch.allclose(v0, v1, rtol=1e-3, atol=1e-6), k
+    moved = [not torch.equal(a, b) for a, b in zip(before.backbone_modules()[-1].state_dict().values(),
+                                                    after.backbone_modules()[-1].state_dict().values())]
+    assert any(moved)
 
 
 def test_exit_weight_scales_the_exit_losses_and_names_the_export(exported, tmp_path: Path, monkeypatch) -> None:

@@ -473,10 +473,12 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
     for eid, ft, alone in [("heads", {"init": "static", "static_baseline": {"tag": "hand"}, "parent": exports[0]}, 0.80),
                            ("heads-ft3", {"init": "inherited", "parent_init": "static", "parent": "heads"}, 0.905),
                            ("heads-ft3-w0", {"init": "inherited", "parent_init": "static", "parent": "heads",
-                                             "exit_weight": 0.0}, 0.915)]:
+                                             "exit_weight": 0.0}, 0.915),
+                           ("x-scratch5-w0", {"init": "scratch", "parent": exports[0], "exit_weight": 0.0}, 0.70)]:
         folder = run_dir / "export" / eid
         folder.mkdir()
-        ft.update(epochs=3, lr=0.01, val_after={"final_classifier_accuracy": alone - 0.01})
+        ft.setdefault("epochs", 5 if "scratch" in eid else 3)
+        ft.update(lr=0.01, val_after={"final_classifier_accuracy": alone - 0.01})
         (folder / "arch.json").write_text(json.dumps(dict(m, id=eid, finetune=ft)))
         (folder / "eval.json").write_text(json.dumps(dict(ev, id=eid, accuracy=alone - 0.002,
                                                           exit_accuracy_all_samples=[0.5, alone])))
@@ -484,6 +486,7 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
     [control] = [b for b in run.baselines if b["tag"] == "heads-ft3-w0"]
     assert control["epochs"] == hand["epochs"] + 3 and control["test_accuracy"] == 0.915
     assert control["macs"] == m["macs"]["backbone"] and control["origin"]["kind"] == "no-exit control"
+    assert next(b for b in run.baselines if b["tag"] == "x-scratch5-w0")["epochs"] == 5  # from scratch: its own only
     assert "heads-ft3-w0" not in [e.id for e in evaluated(run)] and "heads-ft3" in [e.id for e in evaluated(run)]
     # the EEN trained alongside it (90.3%) is measured against it (91.5%), not against the 90.00% static network
     assert "heads-ft3-w0 (91.50%" in goal_baselines(run).detail
