@@ -28,9 +28,10 @@ channels_last, bf16 autocast on GPU. Epochs: ``export.baseline_epochs``, 0 = the
 ``train.epochs``. Evaluated on the validation split and on the test split (``export.test_subset``
 as ``nachos eval`` uses it, so baselines and exports see the same test images).
 
-Writes ``<run_dir>/baselines/<tag>.json`` (``<tag>-e<epochs>.json`` when the epochs differ from the
-run's ``train.epochs``, so that a longer-trained rival does not replace the like-for-like one; atomic) and the checkpoint ``<tag>.pt`` after every
-epoch; a rerun resumes an unfinished baseline from its checkpoint and skips finished ones.
+Writes ``<run_dir>/baselines/<tag>.json`` (atomic) and the checkpoint ``<tag>.pt`` after every
+epoch; the tag ends in ``-e<epochs>`` when the epochs differ from the run's ``train.epochs``, so a
+longer-trained rival sits beside the like-for-like one instead of replacing it. A rerun resumes
+an unfinished baseline from its checkpoint and skips finished ones.
 """
 from __future__ import annotations
 

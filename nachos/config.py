@@ -183,9 +183,9 @@ class ExportConfig:
                             "(`nachos baseline`), whose accuracy the final classifier then keeps")
     finetune_exit_weight: float = _f(1.0, lo=0.0, help="finetune: weight of the exits' mean loss against the final "
                                      "classifier's (scales exits.w_ce and exits.w_distill; 1 = the supernet's member "
-                                     "loss; 0 = a no-exit control: the backbone trained on, the final classifier alone, which the report "
-                                     "counts as a static network trained as long); other values name the export "
-                                     "<id>-<kind><epochs>-w<weight>")
+                                     "loss; 0 = a no-exit control: the backbone trained on, the final classifier "
+                                     "alone, which the report counts as a static network trained as long); other "
+                                     "values name the export <id>-<kind><epochs>-w<weight>")
     report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
                                 "next to the config's run (e.g. [mnist])")
     report_dir: str = _f("docs", help="report: folder of RESULTS.md and its results_<name>.png plots")
