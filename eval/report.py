@@ -426,9 +426,10 @@ def exit_ablation_val(run: RunData) -> list[dict[str, Any]]:
     return rows
 
 
-def exit_ablation_test(run: RunData) -> list[dict[str, Any]]:
+def exit_ablation_test(run: RunData, curves: bool = False) -> list[dict[str, Any]]:
     """Per evaluated export (test split), at its own thresholds and at its operating point (the
-    cheapest thresholds within ``export.max_accuracy_drop`` on validation, see ``eval.evaluate``):
+    cheapest thresholds within ``export.max_accuracy_drop`` on validation, see ``eval.evaluate``),
+    with ``curves`` also at each point of its trade-off curve (thresholds chosen on validation):
     early exit vs the same backbone without exits. That is its own final classifier on every image
     (same weights) and, when one was trained like for like, the static network of the same arch
     trained alone (the most accurate, when it was trained for several lengths); the loss is taken
@@ -454,6 +455,8 @@ def exit_ablation_test(run: RunData) -> list[dict[str, Any]]:
         if op:
             points_.append((f"within {100 * op['max_accuracy_drop']:g} pt on val", float(op["test"]["accuracy"]),
                             float(op["test"]["expected_macs"])))
+        points_ += [(f"curve {p['thresholds']}", float(p["test"]["accuracy"]), float(p["test"]["expected_macs"]))
+                    for p in (ev.get("tradeoff") or []) if curves]
         for thresholds, acc, macs in points_:
             rows.append({"id": e.id, "thresholds": thresholds, "accuracy": acc, "alone": alone, "static": static_acc,
                          "loss": ref - acc, "expected_macs": macs, "backbone_macs": backbone,
@@ -656,25 +659,36 @@ def goal_baselines(run: RunData) -> Goal:
 def goal_savings(run: RunData) -> Goal:
     text = (f"early exits save >= {100 * GOAL_SAVING:g}% expected MACs at <= {100 * GOAL_MAX_LOSS:g} points accuracy "
             "loss vs the same backbone without exits (test)")
-    rows = exit_ablation_test(run)
+    rows = exit_ablation_test(run, curves=True)  # any point a deployer can pick on validation
     if not rows:
         return Goal(text, "not run", "no evaluated export (`nachos export`, then `nachos eval`)")
+    def reference(r: dict[str, Any]) -> str:
+        return (f"its own final classifier {pct(r['alone'])}" if r["static"] is None else
+                f"the better of its own final classifier {pct(r['alone'])} and the static network {pct(r['static'])}")
+
+    # the static network alone as the reference, for the record: the goal takes the stricter one
+    vs_static = [r for r in rows if r["static"] is not None and r["static"] - r["accuracy"] <= GOAL_MAX_LOSS + 1e-12]
+    aside = ""
+    if vs_static:
+        r = max(vs_static, key=lambda r: r["saving"])
+        aside = (f" Against the static network of the same arch alone: {r['id']} ({r['thresholds']} thresholds) "
+                 f"saves {pct(r['saving'], 1)} at {points(r['accuracy'] - r['static'])} ({pct(r['accuracy'])} vs "
+                 f"{pct(r['static'])}).")
     ok = [r for r in rows if r["loss"] <= GOAL_MAX_LOSS + 1e-12]
     if ok:
         best = max(ok, key=lambda r: r["saving"])
-        alone = best["alone"] if best["static"] is None else max(best["alone"], best["static"])
         where = (f"{best['id']} ({best['thresholds']} thresholds): {pct(best['saving'], 1)} saving at "
-                 f"{points(-best['loss'])} ({pct(best['accuracy'])} vs {pct(alone)} without exits)")
+                 f"{points(-best['loss'])} ({pct(best['accuracy'])} vs {reference(best)})")
         if best["saving"] >= GOAL_SAVING:
-            return Goal(text, "met", where)
+            return Goal(text, "met", where + "." + aside)
         return Goal(text, "missed", f"by {100 * (GOAL_SAVING - best['saving']):.1f} points of saving; best within "
-                                    f"the loss budget: {where}")
+                                    f"the loss budget: {where}.{aside}")
     best = min(rows, key=lambda r: r["loss"])
     over = 100 * (best["loss"] - GOAL_MAX_LOSS)
     return Goal(text, "missed", f"no export within {100 * GOAL_MAX_LOSS:g} points; the closest, {best['id']} "
                                 f"({best['thresholds']} thresholds), loses "
                                 f"{100 * best['loss']:.2f} points (missed by {over:.2f}) for {pct(best['saving'], 1)} "
-                                "saving")
+                                f"saving.{aside}")
 
 
 # ----------------------------------------------------------------------------- plot

@@ -246,6 +246,16 @@ def test_savings_goal_uses_operating_points_and_the_static_backbone(run_folder) 
     run.baselines = [b for b in run.baselines if b.get("arch_key") != key] + [static]
     g = goal_savings(run)  # 0.40 points below its own final classifier (the better reference), 33.3% saved
     assert g.status == "met" and "33.3%" in g.detail and "within 0.5 pt on val" in g.detail
+    assert "the better of its own final classifier 83.50% and the static network 83.30%" in g.detail
+    assert "Against the static network of the same arch alone:" in g.detail and "(83.10% vs 83.30%)" in g.detail
+    # a trade-off curve point (thresholds chosen on validation) that saves more within the budget counts too
+    e.eval["tradeoff"] = [{"thresholds": [0.4], "val": {"accuracy": 0.83},
+                           "test": {"accuracy": 0.8301, "expected_macs": 0.27e6}}]
+    g = goal_savings(run)
+    assert g.status == "met" and "curve [0.4] thresholds): 40.0% saving" in g.detail
+    e.eval["tradeoff"][0]["test"]["accuracy"] = 0.8299  # 0.51 points lost: outside the budget
+    assert "33.3%" in goal_savings(run).detail
+    del e.eval["tradeoff"]
     static["test_accuracy"] = 0.8400  # the static network trained alone is better: 0.90 points lost
     g = goal_savings(run)
     assert g.status == "missed" and "no export within 0.5 points" in g.detail and "loses 0.88 points" in g.detail
