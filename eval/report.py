@@ -648,11 +648,17 @@ def goal_baselines(run: RunData) -> Goal:
             head += f"; largest shortfall {100 * -worst:.2f} points"
         return not lost, head + ". " + "; ".join(parts)
 
-    ok, detail = verdict([c for c in baseline_comparison(run, searched_only=True) if c["rival"]])
+    hand_part = ""
     if any(not searched(e) for e in evaluated(run)):
         _, detail_all = verdict([c for c in baseline_comparison(run) if c["rival"]])
-        detail = (f"EENs with searched backbones: {detail}. Counting also the hand-designed backbone with the exits "
-                  f"and thresholds nachos chose for it (`export.select=hand`): {detail_all}")
+        hand_part = ("the hand-designed backbone with the exits and thresholds nachos chose for it "
+                     f"(`export.select=hand`): {detail_all}")
+    if not any(searched(e) for e in evaluated(run)):
+        return Goal(text, "not run", "no evaluated EEN with a searched backbone in this run" +
+                    (f"; counting {hand_part}" if hand_part else ""))
+    ok, detail = verdict([c for c in baseline_comparison(run, searched_only=True) if c["rival"]])
+    if hand_part:
+        detail = f"EENs with searched backbones: {detail}. Counting also {hand_part}"
     return Goal(text, "met" if ok else "missed", detail)
 
 
@@ -933,7 +939,7 @@ def finetune_lines(run: RunData) -> list[str]:
                     pct((x.eval.get("exit_accuracy_all_samples") or [None])[-1]))
 
         tp, tf = test(parent), test(e)
-        rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {e.manifest['thresholds']}",
+        rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {[round(t, 4) for t in e.manifest['thresholds']]}",
                      f"{ft['epochs']} @ lr {ft['lr']:g}{TRAINING_LABEL[e.training]}"
                      f"{'' if ft.get('exit_weight', 1.0) == 1.0 else ', exit weight ' + format(ft['exit_weight'], 'g')}, "
                      f"{duration(ft.get('train_seconds'))}",

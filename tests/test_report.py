@@ -272,7 +272,7 @@ def test_savings_goal_uses_operating_points_and_the_static_backbone(run_folder) 
 
 
 def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_folder) -> None:
-    from eval.report import baseline_comparison, goal_baselines, load_run
+    from eval.report import baseline_comparison, goal_baselines, load_run, searched
 
     cfg, _, exports, _, _, _ = run_folder
     run = load_run(cfg, cfg.run_dir)
@@ -292,6 +292,11 @@ def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_fo
     g = goal_baselines(run)
     searched_part, hand_part = g.detail.split("Counting also the hand-designed backbone")
     assert g.status == "missed" and "thresholds [0.3]" not in searched_part and "thresholds [0.3]" in hand_part
+    # with no searched backbone evaluated at all the goal is not judged, and the hand network is still reported
+    run.exports = [x for x in run.exports if not searched(x)]
+    g = goal_baselines(run)
+    assert g.status == "not run" and g.detail.startswith("no evaluated EEN with a searched backbone in this run")
+    assert "thresholds [0.3]" in g.detail
 
 
 def test_markers_keep_prose_and_missing_runs_say_not_run(run_folder) -> None:
