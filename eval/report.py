@@ -743,7 +743,7 @@ def _draw_accuracy_vs_macs(ax: Any, run: RunData, label_curves: bool = False) ->
                     textcoords="offset points")
     if any(like_for_like(run, b) for b in run.baselines):
         ax.scatter([], [], marker="s", color="#b5651d",
-                   label=f"static, from scratch, >= {run.cfg.train.epochs} epochs, test")
+                   label=f"static (no exits), >= {run.cfg.train.epochs} epochs, test")
     if not all(like_for_like(run, b) for b in run.baselines):
         ax.scatter([], [], marker="s", color="#b5651d", facecolors="none", label="static, shorter training, test")
     if run.dataset == "cifar10":
