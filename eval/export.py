@@ -521,8 +521,12 @@ def write_index(cfg: Config) -> Path:
 
 def run_export(cfg: Config, config_path: str | None = None, select: str | None = None) -> list[Path]:
     select = select or cfg.export.select
-    exporter = Exporter(cfg, config_path, needs_search=select.strip().lower() != "hand")
-    if select.strip().lower() == "hand":
+    hand = select.strip().lower() == "hand"
+    if cfg.export.hand_exits and not hand:
+        raise RunError(f"export.hand_exits={cfg.export.hand_exits} applies to the hand-designed network only; add "
+                       f"export.select=hand, or drop export.hand_exits to export the search's solutions ({select})")
+    exporter = Exporter(cfg, config_path, needs_search=not hand)
+    if hand:
         folders = [exporter.export(None, exporter.hand_record())]
     else:
         folders = [exporter.export(i, rec) for i, rec in select_solutions(exporter.search["front"], select)]

@@ -451,8 +451,10 @@ def test_hand_designed_network_with_the_exits_given_needs_no_search(exported, tm
     last = space.available_exits(arch)[-1]
     cfg = _cfg(tmp_path, f"export.hand_exits=[{last}]", "export.onnx=false", "export.torchscript=false")
     shutil.copytree(cfg0.run_dir, cfg.run_dir, ignore=shutil.ignore_patterns("export", "search"))
-    with pytest.raises(RunError, match="no search result"):  # the front still needs one
+    with pytest.raises(RunError, match=r"export.hand_exits=\[\d\] applies to the hand-designed network only"):
         run_export(cfg, TINY, select="best")
+    with pytest.raises(RunError, match="no search result"):  # the front still needs one
+        run_export(_cfg(tmp_path), TINY, select="best")
     folder = run_export(cfg, TINY, select="hand")[0]
     m = json.loads((folder / "arch.json").read_text())
     assert folder.name == f"hand-exits-{last}" and m["exits"] == [last] and m["source"]["search"] is None
