@@ -62,18 +62,21 @@ from supernet.train import autocast_factory, member_loss, warmup_cosine
 NAME_TAGS = {"inherited": "ft", "scratch": "scratch", "static": "heads"}
 
 
-def finetuned_name(parent: str, epochs: int, init: str = "inherited", exit_weight: float = 1.0) -> str:
+def finetuned_name(parent: str, epochs: int, init: str = "inherited", exit_weight: float = 1.0,
+                   backbone_grad: float = 1.0) -> str:
     """The export name of ``parent`` trained ``epochs`` epochs from ``init`` weights."""
-    return f"{parent}-{NAME_TAGS[init]}{epochs}" + ("" if exit_weight == 1.0 else f"-w{exit_weight:g}")
+    return (f"{parent}-{NAME_TAGS[init]}{epochs}" + ("" if exit_weight == 1.0 else f"-w{exit_weight:g}")
+            + ("" if backbone_grad == 1.0 else f"-g{backbone_grad:g}"))
 
 
-def with_exit_weight(src: Config, weight: float) -> Config:
-    """``src`` whose exits' loss weighs ``weight`` times the supernet's against the final classifier."""
-    if weight == 1.0:
-        return src
+def with_exit_weight(src: Config, weight: float, backbone_grad: float = 1.0) -> Config:
+    """``src`` whose exits' loss weighs ``weight`` times the supernet's against the final classifier,
+    and reaches the backbone with a ``backbone_grad`` share of its gradient."""
     ex = src.exits
-    return dataclasses.replace(src, exits=dataclasses.replace(ex, w_ce=ex.w_ce * weight,
-                                                             w_distill=ex.w_distill * weight))
+    if weight == 1.0 and backbone_grad == ex.backbone_grad:
+        return src
+    exits = dataclasses.replace(ex, w_ce=ex.w_ce * weight, w_distill=ex.w_distill * weight, backbone_grad=backbone_grad)
+    return dataclasses.replace(src, exits=exits)
 
 
 def static_backbone(run_dir: Path, arch_key: str, min_epochs: int) -> tuple[dict[str, Any], Path]:
@@ -151,6 +154,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     loader = make_loader(src, splits.train_x, splits.train_y, device, train=True, seed=src.seed,
                          mean=splits.mean, std=splits.std)
     net = model.static_net().to(device)
+    net.backbone_grad = src.exits.backbone_grad
     backbone = net.backbone_modules()
     for m in backbone if frozen_backbone else []:
         m.requires_grad_(False)
@@ -198,6 +202,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
                          "rng": rng_state(), "step": step, "epoch": epoch + 1, "seconds": seconds,
                          "history": history, "fingerprint": fingerprint}, ckpt_path)
     net.eval()
+    net.backbone_grad = 1.0  # a training setting: the export runs as any other
     return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": step, "train_seconds": seconds,
             "history": history}
 
@@ -232,9 +237,12 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
                        "that export with export.finetune_init=inherited")
     # from scratch the network gets what the static baselines get, so the two compare like for like
     lr, warmup = (cfg.export.finetune_lr, 0.0) if init == "inherited" else (src.train.lr, src.train.warmup_epochs)
-    weight = cfg.export.finetune_exit_weight
-    src = with_exit_weight(src, weight)  # (in the fingerprint through src.exits)
-    out = folder.parent / finetuned_name(folder.name, epochs, init, weight)
+    weight, grad = cfg.export.finetune_exit_weight, cfg.exits.backbone_grad
+    if init == "static" and grad != 1.0:
+        raise RunError(f"exits.backbone_grad={grad:g} with export.finetune_init=static: the backbone is frozen, so "
+                       "the share of the exits' gradient it gets means nothing; leave exits.backbone_grad at 1")
+    src = with_exit_weight(src, weight, grad)  # (in the fingerprint through src.exits)
+    out = folder.parent / finetuned_name(folder.name, epochs, init, weight, grad)
     ckpt_path = out.with_name(out.name + ".pt")
     fp = _fingerprint(m, src, init, epochs, lr, warmup)
     static = None
@@ -275,7 +283,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     after = validation_figures(tuned, val_loader, exit_costs)
     after["search"] = m["validation"].get("search")
     info.update(parent=folder.name, init=init, parent_init=m.get("finetune", {}).get("init"), exit_weight=weight,
-                fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),
+                backbone_grad=grad, fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),
                 threshold_budget=float(m["expected_macs"]), parent_thresholds=m["thresholds"],
                 val_before={"accuracy": before_acc, "expected_macs": before_macs,
                             "final_classifier_accuracy": float(before_cache.correct[-1].mean())},

@@ -884,12 +884,22 @@ def setup_lines(run: RunData) -> list[str]:
                          + (f"export.finetune_lr={ft['lr']:g}" if init == "inherited" else
                             f"export.finetune_init={init}")
                          + (f" export.finetune_exit_weight={ft['exit_weight']:g}"
-                            if ft.get("exit_weight", 1.0) != 1.0 else ""))
+                            if ft.get("exit_weight", 1.0) != 1.0 else "")
+                         + (f" exits.backbone_grad={ft['backbone_grad']:g}"
+                            if ft.get("backbone_grad", 1.0) != 1.0 else ""))
         lines.append(f"nachos eval {base}")
     for epochs in sorted({b["epochs"] for b in from_scratch(run)}):
         lines.append(f"nachos baseline {base} export.baseline_epochs={epochs}")
     lines += [f"nachos report {base}", "```"]
     return lines
+
+
+def loss_settings(ft: dict[str, Any]) -> str:
+    """A fine-tune's exit-loss settings that differ from the supernet's, as ", a, b" (or "")."""
+    parts = [f"exit weight {ft['exit_weight']:g}" if ft.get("exit_weight", 1.0) != 1.0 else "",
+             f"{ft['backbone_grad']:g} of the exits' gradient into the backbone"
+             if ft.get("backbone_grad", 1.0) != 1.0 else ""]
+    return "".join(f", {p}" for p in parts if p)
 
 
 def front_lines(run: RunData, plot_name: str | None) -> list[str]:
@@ -941,7 +951,7 @@ def finetune_lines(run: RunData) -> list[str]:
         tp, tf = test(parent), test(e)
         rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {[round(t, 4) for t in e.manifest['thresholds']]}",
                      f"{ft['epochs']} @ lr {ft['lr']:g}{TRAINING_LABEL[e.training]}"
-                     f"{'' if ft.get('exit_weight', 1.0) == 1.0 else ', exit weight ' + format(ft['exit_weight'], 'g')}, "
+                     f"{loss_settings(ft)}, "
                      f"{duration(ft.get('train_seconds'))}",
                      f"{pct(b['accuracy'])} -> {pct(a['accuracy'])}",
                      f"{mmacs(b['expected_macs'])} -> {mmacs(a['expected_macs'])}",

@@ -16,6 +16,9 @@ Designs:
   map is pooled to 4x4 (flatten 2048), 8x8 and 4x4 maps to 2x2 (flatten 512). The width
   argument is ignored by this design (its widths are NACHOS's 32/64/128).
 
+``scale_gradient`` sits between a backbone map and its head: it sets how much of the head's
+loss gradient reaches the backbone (``exits.backbone_grad``).
+
 With ``confidence_output`` (the ``learned`` exit criterion) a head returns ``num_classes + 1``
 logits, the last being the confidence logit (c = sigmoid of it), as in NACHOS.
 
@@ -177,6 +180,19 @@ def create_exit_head(kind: str, max_in_channels: int, in_size: int, num_classes:
     if kind == "nachos":
         return NachosExitHead(max_in_channels, in_size, num_classes, confidence_output)
     raise ValueError(f"unknown exit head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged going forward; going back, the gradient times ``scale``.
+
+    A head reads the backbone's map through this so that its loss trains the head fully while
+    shaping the shared backbone only by ``scale`` (0 = the backbone ignores the exits).
+    """
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return x.detach() + scale * (x - x.detach())
 
 
 def head_output_size(in_size: int, kind: str) -> int:

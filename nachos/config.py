@@ -87,6 +87,10 @@ class ExitsConfig:
                         help="exit confidence: max softmax, 1 - normalised entropy, or NACHOS's learned output")
     w_ce: float = _f(1.0, lo=0.0, help="weight of the exits' cross-entropy (exit losses are averaged over a subnet's exits)")
     w_distill: float = _f(1.0, lo=0.0, help="weight of distillation from the final classifier")
+    backbone_grad: float = _f(1.0, lo=0.0, hi=1.0, help="share of the exits' loss gradient that reaches the shared "
+                              "backbone in supernet and finetune training; the heads always get all of it (1 = "
+                              "plain joint training; 0 = heads learn on the backbone's features without shaping "
+                              "them; a fine-tune with another value is named <id>-..-g<share>)")
     w_cls: float = _f(1.0, lo=0.0, help="learned criterion: weight of the confidence-weighted CE (NACHOS's L_cls)")
     w_bce: float = _f(1.0, lo=0.0, help="learned criterion: weight of the class-balanced BCE term")
     w_macs: float = _f(1.0, lo=0.0, help="learned criterion: weight of the MACs regulariser")

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from exits.heads import create_exit_head
+from exits.heads import create_exit_head, scale_gradient
 from nachos.config import Config, ExitsConfig
 from supernet.modules import ElasticFinalClassifier, ElasticMBConv, load_cropped
 from supernet.space import Arch, BlockSpec, SearchSpace
@@ -65,6 +65,7 @@ class ElasticSupernet(nn.Module):
         self._init_backbone()
         self.active_arch: Arch = space.largest()
         self.active_dropout: float = 0.0
+        self.backbone_grad: float = float(exits.backbone_grad) if isinstance(exits, ExitsConfig) else 1.0
         self._plan: list[_Step] = []
         self.set_active(self.active_arch)
 
@@ -108,8 +109,8 @@ class ElasticSupernet(nn.Module):
     def forward_heads(self, feats: Sequence[torch.Tensor | None],
                       exit_ids: Collection[int] | None = None) -> list[torch.Tensor | None]:
         """Exit logits from ``forward_features``'s maps (e.g. detached, to train heads alone)."""
-        return [None if f is None or (exit_ids is not None and i not in exit_ids) else head(f)
-                for i, (head, f) in enumerate(zip(self.heads, feats))]
+        return [None if f is None or (exit_ids is not None and i not in exit_ids)
+                else head(scale_gradient(f, self.backbone_grad)) for i, (head, f) in enumerate(zip(self.heads, feats))]
 
     def forward_final(self, x: torch.Tensor) -> torch.Tensor:
         return self.final(x, self.active_arch.final_width, self.active_dropout)

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_act_layer
 
-from exits.heads import create_exit_head
+from exits.heads import create_exit_head, scale_gradient
 from nachos.config import ExitsConfig, SpaceConfig
 from supernet.space import Arch, BlockSpec, SearchSpace, space_config_from_dict
 
@@ -183,6 +183,8 @@ class StaticEENet(nn.Module):
         self.heads = nn.ModuleList(head_modules)
         self.segment_input_shapes = seg_shapes  # (C, H, W) fed to each segment
         self.head_input_shapes = head_shapes  # (C, H, W) fed to each selected head
+        # training setting (exits.backbone_grad), not structure: trainers set it, exports run at 1
+        self.backbone_grad: float = 1.0
 
     @classmethod
     def from_config(cls, space: SpaceConfig | Mapping[str, Any] | SearchSpace,
@@ -214,6 +216,6 @@ class StaticEENet(nn.Module):
         # lists, not an index, so that TorchScript accepts it)
         for segment, head in zip(self.segments, self.heads):
             x = segment(x)
-            outs.append(head(x))
+            outs.append(head(scale_gradient(x, self.backbone_grad)))
         outs.append(self.segments[-1](x))
         return outs

@@ -192,6 +192,10 @@ def test_static_init_trains_only_new_heads_on_the_static_baselines_backbone(expo
     off = _cfg(tmp_path, "export.finetune_init=static", "export.finetune_epochs=2", "export.finetune_exit_weight=0")
     with pytest.raises(RunError, match="finetune_exit_weight=0 with export.finetune_init=static trains nothing"):
         ft.finetune_export(parent, off)
+    # nor does a frozen backbone take any share of the exits' gradient
+    shared = _cfg(tmp_path, "export.finetune_init=static", "export.finetune_epochs=2", "exits.backbone_grad=0.5")
+    with pytest.raises(RunError, match="exits.backbone_grad=0.5 with export.finetune_init=static"):
+        ft.finetune_export(parent, shared)
 
 
 @pytest.mark.slow
@@ -211,6 +215,27 @@ def test_exit_weight_zero_trains_the_backbone_and_leaves_the_exits_alone(exporte
     moved = [not torch.equal(a, b) for a, b in zip(before.backbone_modules()[-1].state_dict().values(),
                                                     after.backbone_modules()[-1].state_dict().values())]
     assert any(moved)
+
+
+def test_backbone_grad_is_set_while_training_and_named_and_the_export_runs_at_one(exported, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_epochs=1", "exits.backbone_grad=0.25", "export.onnx=false",
+               "export.torchscript=false")
+    parent = _copy(parent, run)
+    seen = []
+
+    def recording_loss(net, *args, **kwargs):
+        seen.append(net.backbone_grad)
+        return member_loss(net, *args, **kwargs)
+
+    member_loss = ft.member_loss
+    monkeypatch.setattr(ft, "member_loss", recording_loss)
+    out = ft.finetune_export(parent, run)
+    assert out.name == f"{parent.name}-ft1-g0.25" and seen and set(seen) == {0.25}
+    info = json.loads((out / "arch.json").read_text())["finetune"]
+    assert info["backbone_grad"] == 0.25 and info["exit_weight"] == 1.0
+    assert load_exported(out).static_net().backbone_grad == 1.0
 
 
 def test_exit_weight_scales_the_exit_losses_and_names_the_export(exported, tmp_path: Path, monkeypatch) -> None:

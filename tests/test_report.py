@@ -515,3 +515,12 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
     run = load_run(cfg, run_dir)
     assert not any(b["tag"] == "heads-ft3-w0" for b in run.baselines)
     assert any("no-exit control `heads-ft3-w0`" in p for p in run.problems)
+
+
+def test_loss_settings_name_only_what_differs_from_the_supernets() -> None:
+    from eval.report import loss_settings
+
+    assert loss_settings({}) == "" and loss_settings({"exit_weight": 1.0, "backbone_grad": 1.0}) == ""
+    assert loss_settings({"exit_weight": 0.3, "backbone_grad": 0.5}) == (
+        ", exit weight 0.3, 0.5 of the exits' gradient into the backbone")
+    assert loss_settings({"backbone_grad": 0.0}) == ", 0 of the exits' gradient into the backbone"

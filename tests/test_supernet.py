@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from exits.heads import create_exit_head, nachos_pool_size
+from exits.heads import create_exit_head, nachos_pool_size, scale_gradient
 from nachos.config import load_config
 from supernet.bn import recalibrate_bn
 from supernet.network import ElasticSupernet, create_supernet
@@ -299,6 +299,52 @@ def test_training_step_touches_only_the_active_subnet() -> None:
     assert mid < used and g[:mid, :, 1:4, 1:4].abs().sum() > 0
     assert g[mid:].abs().sum() == 0 and g[:, :, 0].abs().sum() == 0
     assert all(p.grad is not None for p in net.heads.parameters())
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.3, 1.0])
+def test_scale_gradient_keeps_values_and_scales_the_gradient(scale: float) -> None:
+    x = torch.randn(3, 4, requires_grad=True)
+    w = torch.randn(3, 4)
+    y = scale_gradient(x, scale)
+    assert torch.allclose(y, x, rtol=0, atol=1e-6)
+    ((y * w).sum() + (0 * x).sum()).backward()  # (the second term: at scale 0, y has no graph)
+    assert torch.allclose(x.grad, scale * w)
+
+
+def _exit_loss_grads(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Gradients of the exits' logits alone: on the stem's conv, and on every head parameter."""
+    net.zero_grad(set_to_none=True)
+    sum(o.square().sum() for o in net(x)[:-1] if o is not None).backward()
+    weight = net.stem.conv.weight if hasattr(net, "stem") else net.backbone_modules()[0].conv.weight
+    stem = torch.zeros_like(weight) if weight.grad is None else weight.grad  # (None: nothing reached it)
+    return stem.clone(), [p.grad.clone() for p in net.heads.parameters() if p.grad is not None]
+
+
+def test_backbone_grad_scales_what_the_exits_send_the_backbone_and_not_the_heads() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    full = create_supernet(_cfg("tiny.yaml"))
+    part = create_supernet(_cfg("tiny.yaml", "exits.backbone_grad=0.25"))
+    part.load_state_dict(full.state_dict())
+    for net in (full, part):
+        net.train().set_active(net.space.largest())
+    stem_full, heads_full = _exit_loss_grads(full, x)
+    stem_part, heads_part = _exit_loss_grads(part, x)
+    assert stem_full.abs().sum() > 0 and torch.allclose(stem_part, 0.25 * stem_full, rtol=1e-4, atol=1e-8)
+    assert len(heads_full) == len(heads_part) > 0
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-8) for a, b in zip(heads_full, heads_part))
+    # the static network does the same when a trainer sets it, and runs unchanged
+    static = full.extract()
+    static.train()
+    stem_before, _ = _exit_loss_grads(static, x)
+    static.backbone_grad = 0.0
+    stem_zero, heads_zero = _exit_loss_grads(static, x)
+    assert stem_before.abs().sum() > 0 and stem_zero.abs().sum() == 0 and all(g.abs().sum() > 0 for g in heads_zero)
+    static.eval()
+    with torch.no_grad():
+        zero_out = static(x)
+        static.backbone_grad = 1.0
+        assert _max_diff(zero_out, static(x)) == 0.0
 
 
 # ----------------------------------------------------------------------------- BN recalibration
