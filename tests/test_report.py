@@ -486,14 +486,16 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
     m, ev = json.loads((src / "arch.json").read_text()), json.loads((src / "eval.json").read_text())
     m["arch"], m["arch_str"] = hand["arch"], hand["arch_str"]
     for eid, ft, alone in [("heads", {"init": "static", "static_baseline": {"tag": "hand"}, "parent": exports[0]}, 0.80),
-                           ("heads-ft3", {"init": "inherited", "parent_init": "static", "parent": "heads"}, 0.905),
+                           ("heads-ft3", {"init": "inherited", "parent_init": "static", "parent": "heads",
+                                          "backbone_grad": 0.3}, 0.905),
                            ("heads-ft3-w0", {"init": "inherited", "parent_init": "static", "parent": "heads",
                                              "exit_weight": 0.0}, 0.915),
                            ("x-scratch5-w0", {"init": "scratch", "parent": exports[0], "exit_weight": 0.0}, 0.70)]:
         folder = run_dir / "export" / eid
         folder.mkdir()
         ft.setdefault("epochs", 5 if "scratch" in eid else 3)
-        ft.update(lr=0.01, val_after={"final_classifier_accuracy": alone - 0.01})
+        val = {"final_classifier_accuracy": alone - 0.01, "accuracy": alone - 0.011, "expected_macs": 1e6}
+        ft.update(lr=0.01, val_after=val, val_before=val)
         (folder / "arch.json").write_text(json.dumps(dict(m, id=eid, finetune=ft)))
         (folder / "eval.json").write_text(json.dumps(dict(ev, id=eid, accuracy=alone - 0.002,
                                                           exit_accuracy_all_samples=[0.5, alone])))
@@ -510,6 +512,8 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
     sec = run_section(run, None)
     assert "| heads-ft3-w0 | no-exit control |" in sec
     assert "export.finetune_exit_weight=0" in sec
+    assert "/heads export.finetune_epochs=3 export.finetune_lr=0.01 exits.backbone_grad=0.3\n" in sec
+    assert "0.3 of the exits' gradient into the backbone" in sec
     # without the static network under it, its lineage is unknown: left out, and said so
     (run_dir / "export" / "heads" / "arch.json").unlink()
     run = load_run(cfg, run_dir)
