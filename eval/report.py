@@ -903,11 +903,13 @@ def loss_settings(ft: dict[str, Any]) -> str:
 
 
 def front_lines(run: RunData, plot_name: str | None) -> list[str]:
+    # the plot also shows exports and static networks, so it stays when there is no front
+    plot = ["", f"![{run.name}: accuracy vs expected MACs]({plot_name})"] if plot_name else []
     if not run.pareto:
-        return ["Search: not run (no `search/pareto.json`)."]
+        return ["Search: not run (no `search/pareto.json`)."] + plot
     front = sorted(run.front, key=lambda r: r["expected_macs"])
     if not front:
-        return [f"Search: no admissible solution ({run.pareto.get('message') or 'empty front'})."]
+        return [f"Search: no admissible solution ({run.pareto.get('message') or 'empty front'})."] + plot
     rows = []
     for i, r in enumerate(front):
         e = run.export_of(r)
@@ -924,9 +926,7 @@ def front_lines(run: RunData, plot_name: str | None) -> list[str]:
                                                              else "") + "):", ""]
     lines += table(["solution", "backbone", "exits @ thresholds (source)", "val acc", "val exp. MACs", "test acc",
                     "test exp. MACs", "peak MACs", "params", "val exit rates", "test exit rates"], rows)
-    if plot_name:
-        lines += ["", f"![{run.name}: accuracy vs expected MACs]({plot_name})"]
-    return lines
+    return lines + plot
 
 
 def finetune_lines(run: RunData) -> list[str]:
@@ -1246,7 +1246,7 @@ def write_report(cfg: Config) -> tuple[Path, list[Path]]:
         if run is not None:
             loaded.append(run)
         plot_name = None
-        if run is not None and (run.front or run.baselines or run.history):
+        if run is not None and (run.front or run.baselines or run.history or evaluated(run)):
             plot_name = f"results_{name}.png"
             try:
                 plots.append(plot_run(out / plot_name, run))

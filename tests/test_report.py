@@ -4,6 +4,7 @@ report must show them, judge the goals with the right margins and keep hand-writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -528,3 +529,18 @@ def test_loss_settings_name_only_what_differs_from_the_supernets() -> None:
     assert loss_settings({"exit_weight": 0.3, "backbone_grad": 0.5}) == (
         ", exit weight 0.3, 0.5 of the exits' gradient into the backbone")
     assert loss_settings({"backbone_grad": 0.0}) == ", 0 of the exits' gradient into the backbone"
+
+
+def test_a_run_with_only_trained_exports_gets_a_plot(run_folder, tmp_path: Path) -> None:
+    """Exports retrained on their own (no search, no static network) still get their plot."""
+    cfg, *_ = run_folder
+    run_dir = tmp_path / "runs" / cfg.name
+    shutil.copytree(cfg.run_dir, run_dir)
+    for folder in ("search", "baselines"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+    docs = tmp_path / "docs"
+    only = dataclasses.replace(cfg, out_dir=str(tmp_path / "runs"),
+                               export=dataclasses.replace(cfg.export, report_dir=str(docs), report_runs=[]))
+    path, plots = write_report(only)
+    assert plots == [docs / f"results_{cfg.name}.png"] and plots[0].stat().st_size > 0
+    assert f"results_{cfg.name}.png" in path.read_text()
