@@ -1,7 +1,7 @@
 """``nachos baseline``: static networks (no early exit) trained from scratch, the networks a user
 would pick instead of a searched early-exit network.
 
-    nachos baseline --config configs/cifar10.yaml [export.baselines=front|backbones|hand|scored]
+    nachos baseline --config configs/cifar10.yaml [export.baselines=front|backbones|hand|scored|archs]
                     [export.max_baselines=4] [export.baseline_epochs=0]
     nachos baseline --config configs/cifar10.yaml runs/cifar10/export/nsga2-0147
 
@@ -19,6 +19,8 @@ architecture, say at the expected MACs of another export). Otherwise ``export.ba
   2,394,746 MACs and 155,418 parameters by the calibrated table (``supernet.costs.MacTable``),
   about NACHOS's published 2.43 M budget.
 - ``front`` (default): both.
+- ``archs``: the networks ``export.baseline_archs`` names, written as ``str(Arch)`` prints them
+  (``SearchSpace.parse_arch``): say, plain rivals at the expected MACs of an early-exit network.
 
 The recipe is the supernet's (``supernet.train``) with the run's own saved config
 (``<run_dir>/config.yaml``): SGD with Nesterov momentum (or AdamW), ``train.lr``, weight decay
@@ -167,6 +169,19 @@ def choose_baselines(cfg: Config, mode: str, k: int) -> list[tuple[str, Arch, di
                               for r in recs]}))
     if mode == "scored":
         out += scored_backbones(cfg, k)
+    if mode == "archs":
+        if not cfg.export.baseline_archs:
+            raise RunError("export.baselines=archs names no network; add 'export.baseline_archs=[\"w16[k3e1] ... "
+                           "f128\"]' (archs as reports print them)")
+        for text in cfg.export.baseline_archs:
+            try:
+                arch = space.parse_arch(text)
+            except ValueError as err:
+                raise RunError(f"export.baseline_archs: {err}") from None
+            out.append((f"backbone-{arch.key()}", arch, {"kind": "given arch", "arch_key": arch.key()}))
+    elif cfg.export.baseline_archs:
+        raise RunError(f"export.baseline_archs applies to export.baselines=archs only (not {mode}); add "
+                       "export.baselines=archs, or drop export.baseline_archs")
     if mode in ("front", "hand"):
         arch = hand_designed_arch(space)
         if any(a == arch for _, a, _ in out):  # already trained under its backbone tag

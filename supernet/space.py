@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -265,6 +266,33 @@ class SearchSpace:
             ratios.append(tuple(rng.choice(s.expand_ratios) if b < d else INACTIVE for b in range(s.max_depth)))
         widths = tuple(rng.choice(s.widths) for s in self.stages)
         return Arch(tuple(depths), tuple(kernels), tuple(ratios), widths, rng.choice(self.final_widths))
+
+    def parse_arch(self, text: str) -> Arch:
+        """The arch written as ``str(arch)`` prints it, e.g. ``w16[k3e1] w24[k3e3,k3e3] f128`` (one
+        ``w<width>[k<kernel>e<ratio>,...]`` per stage, then ``f<final width>``), checked against this
+        space: reports and logs print archs this way, so a user can copy one into a config."""
+        stage_re = re.compile(r"w(\d+)\[((?:k\d+e\d+)(?:,k\d+e\d+)*)\]")
+        tokens = str(text).split()
+        if not tokens or not re.fullmatch(r"f\d+", tokens[-1]):
+            raise ValueError(f"arch {text!r}: it must end in the final width, e.g. 'f128'")
+        if len(tokens) - 1 != len(self.stages):
+            raise ValueError(f"arch {text!r}: {len(tokens) - 1} stages given; this space has {len(self.stages)} "
+                             "(one 'w<width>[k<kernel>e<ratio>,...]' each)")
+        depths, kernels, ratios, widths = [], [], [], []
+        for s, (tok, st) in enumerate(zip(tokens[:-1], self.stages)):
+            m = stage_re.fullmatch(tok)
+            if m is None:
+                raise ValueError(f"arch {text!r}: stage {s} {tok!r} is not 'w<width>[k<kernel>e<ratio>,...]', "
+                                 "e.g. 'w24[k3e3,k5e2]'")
+            blocks = [tuple(map(int, b[1:].split("e"))) for b in m.group(2).split(",")]
+            if len(blocks) > st.max_depth:
+                raise ValueError(f"arch {text!r}: stage {s} has {len(blocks)} blocks; at most {st.max_depth} here")
+            pad = [INACTIVE] * (st.max_depth - len(blocks))
+            depths.append(len(blocks))
+            kernels.append(tuple(k for k, _ in blocks) + tuple(pad))
+            ratios.append(tuple(e for _, e in blocks) + tuple(pad))
+            widths.append(int(m.group(1)))
+        return self.validate(Arch(tuple(depths), tuple(kernels), tuple(ratios), tuple(widths), int(tokens[-1][1:])))
 
     def validate(self, arch: Arch) -> Arch:
         """Return ``arch`` if this space contains it; otherwise raise ValueError naming the gene."""

@@ -216,6 +216,26 @@ def test_scored_baselines_spread_over_the_searched_backbones(run_folder, tmp_pat
         choose_baselines(tiny_cfg(tmp_path), "scored", 3)
 
 
+def test_named_archs_are_the_baselines_of_export_baselines_archs(tmp_path: Path) -> None:
+    from eval.baselines import choose_baselines
+
+    space = SearchSpace.from_config(tiny_cfg(tmp_path).space)
+    archs = [hand_designed_arch(space), space.smallest()]
+    listed = ", ".join(f'"{a}"' for a in archs)
+    cfg = tiny_cfg(tmp_path, "export.baselines=archs", f"export.baseline_archs=[{listed}]")
+    picks = choose_baselines(cfg, cfg.export.baselines, cfg.export.max_baselines)
+    assert [a for _, a, _ in picks] == archs
+    assert [t for t, _, _ in picks] == [f"backbone-{a.key()}" for a in archs]
+    assert all(o == {"kind": "given arch", "arch_key": a.key()} for _, a, o in picks)
+    with pytest.raises(RunError, match="names no network"):
+        choose_baselines(tiny_cfg(tmp_path, "export.baselines=archs"), "archs", 4)
+    with pytest.raises(RunError, match="applies to export.baselines=archs only"):
+        choose_baselines(cfg, "hand", 4)
+    bad = tiny_cfg(tmp_path, "export.baselines=archs", 'export.baseline_archs=["w8[k3e1] f32"]')
+    with pytest.raises(RunError, match="export.baseline_archs: arch 'w8.*stages given"):
+        choose_baselines(bad, "archs", 4)
+
+
 def test_goals_say_met_or_missed_by_how_much(run_folder) -> None:
     cfg, front, exports, path, plots, _ = run_folder
     sec = _section(path.read_text(), "tiny")

@@ -156,6 +156,27 @@ def test_invalid_arch_shapes_and_final_width() -> None:
         net.set_active(Arch.from_dict({**net.space.largest().to_dict(), "widths": [8, 16, 99]}))
 
 
+def test_arch_parses_back_from_how_it_prints() -> None:
+    space = SearchSpace.from_config(_cfg("cifar10-long.yaml").space)
+    rng = random.Random(3)
+    for arch in [space.smallest(), space.largest()] + [space.sample(rng) for _ in range(50)]:
+        parsed = space.parse_arch(str(arch))
+        assert parsed == arch and parsed.key() == arch.key()
+    arch = space.parse_arch("w16[k3e1] w24[k3e2,k3e2] w32[k3e2,k3e2] w48[k5e3] w64[k3e2,k3e3,k3e2] f512")
+    assert arch.depths == (1, 2, 2, 1, 3) and arch.final_width == 512
+    assert arch.kernels[3] == (5, 0, 0) and arch.expand_ratios[4] == (2, 3, 2) and arch.widths[1] == 24
+    k = "w16[k3e1] w24[k3e2]"  # the first two stages, for short bad examples
+    for text, why in [(f"{k} w32[k3e2] w48[k3e2] w64[k3e2]", "must end in the final width"),
+                      (f"{k} f128", "2 stages given; this space has 5"),
+                      (f"{k} w32[k3 e2] w48[k3e2] f128", r"stage 2 'w32\[k3' is not 'w<width>"),
+                      (f"{k} w32[k3x2] w48[k3e2] w64[k3e2] f128", r"stage 2 'w32\[k3x2\]' is not"),
+                      (f"{k} w32[k3e2] w48[k3e2] w64[k3e2,k3e2,k3e2,k3e2] f128", "stage 4 has 4 blocks; at most 3"),
+                      (f"{k} w32[k7e2] w48[k3e2] w64[k3e2] f128", r"kernels\[stage 2\]\[block 0\] = 7"),
+                      ("w16[k3e1] w20[k3e2] w32[k3e2] w48[k3e2] w64[k3e2] f128", r"widths\[stage 1\] = 20")]:
+        with pytest.raises(ValueError, match=why):
+            space.parse_arch(text)
+
+
 def test_space_hash_and_collapse_check() -> None:
     cfg = _cfg("cifar10.yaml").space
     h = SearchSpace.from_config(cfg).space_hash()
