@@ -888,9 +888,29 @@ def setup_lines(run: RunData) -> list[str]:
                          + (f" exits.backbone_grad={ft['backbone_grad']:g}"
                             if ft.get("backbone_grad", 1.0) != 1.0 else ""))
         lines.append(f"nachos eval {base}")
-    for epochs in sorted({b["epochs"] for b in from_scratch(run)}):
-        lines.append(f"nachos baseline {base} export.baseline_epochs={epochs}")
+    lines += baseline_commands(run, base)
     lines += [f"nachos report {base}", "```"]
+    return lines
+
+
+def baseline_commands(run: RunData, base: str) -> list[str]:
+    """One ``nachos baseline`` line per training length and way of choosing the networks, so
+    that each line trains again exactly the baselines it stands for (``eval.baselines``)."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for b in from_scratch(run):
+        origin = b.get("origin", {})
+        key = origin.get("export") if origin.get("kind") == "export backbone" else origin.get("kind", "?")
+        groups.setdefault((int(b["epochs"]), str(key)), []).append(b)
+    lines = []
+    for (epochs, key), bs in sorted(groups.items()):
+        kind = bs[0].get("origin", {}).get("kind")
+        which = {"hand-designed": "export.baselines=hand",
+                 "front backbone": f"export.baselines=backbones export.max_baselines={len(bs)}",
+                 "scored backbone": f"export.baselines=scored export.max_baselines={len(bs)}",
+                 "given arch": "export.baselines=archs 'export.baseline_archs=[" +
+                               ", ".join(f'"{b["arch_str"]}"' for b in bs) + "]'",
+                 "export backbone": str(run.dir / "export" / key)}.get(kind or "", "")
+        lines.append(f"nachos baseline {base} {which} export.baseline_epochs={epochs}".replace("  ", " "))
     return lines
 
 
@@ -1115,7 +1135,11 @@ def ablation_lines(run: RunData) -> list[str]:
             rc = rank_correlation(run, epochs)
             rows = [[p["tag"], pct(p["inherited"]), pct(p["scratch_val"]), pct(p["scratch_test"]), mmacs(p["macs"])]
                     for p in rc["pairs"]]
-            out += [f"Baselines trained {epochs} epoch{'s' if epochs != 1 else ''} from scratch:", ""]
+            trained = f"Baselines trained {epochs} epoch{'s' if epochs != 1 else ''} from scratch"
+            if not rc["pairs"]:
+                out += [f"{trained}: none has an inherited accuracy (the search scored none of their backbones).", ""]
+                continue
+            out += [f"{trained}:", ""]
             out += table(["baseline", "inherited val acc (no exits)", "scratch val acc", "scratch test acc", "MACs"],
                          rows)
             if rc["n"] < 3:

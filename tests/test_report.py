@@ -196,6 +196,48 @@ def test_runs_side_by_side_show_each_run_and_what_differs(run_folder) -> None:
     assert config_differences(base, other) == ["exits.w_macs=0.0"]
 
 
+def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_path: Path) -> None:
+    import shlex
+
+    from eval.baselines import choose_baselines
+    from eval.report import baseline_commands, load_run, rank_correlation
+
+    cfg, _, exports, *_ = run_folder
+    run_dir = tmp_path / cfg.name
+    shutil.copytree(cfg.run_dir, run_dir)
+    space = SearchSpace.from_config(cfg.space)
+    from search.report import read_candidates
+
+    scored = {r["arch_key"] for r in read_candidates(run_dir / "search" / "candidates.jsonl") if r["scored"]}
+    rng = random.Random(0)
+    given = list({a.key(): a for a in (space.sample(rng) for _ in range(50)) if a.key() not in scored}.values())[:2]
+    assert len(given) == 2
+    hand = json.loads((run_dir / "baselines" / "hand.json").read_text())
+    for arch in given:  # as `export.baselines=archs` writes them, 5 epochs
+        (run_dir / "baselines" / f"given-{arch.key()}.json").write_text(json.dumps(dict(
+            hand, tag=f"backbone-{arch.key()}-e5", epochs=5, arch=arch.to_dict(), arch_str=str(arch),
+            arch_key=arch.key(), origin={"kind": "given arch", "arch_key": arch.key()})))
+    (run_dir / "baselines" / "exp.json").write_text(json.dumps(dict(
+        hand, tag="backbone-x-e6", epochs=6, origin={"kind": "export backbone", "export": exports[0]})))
+    run = load_run(cfg, run_dir)
+    lines = baseline_commands(run, "--config C")
+    assert lines == ["nachos baseline --config C export.baselines=hand export.baseline_epochs=1",
+                     "nachos baseline --config C export.baselines=backbones export.max_baselines=3 "
+                     "export.baseline_epochs=2",
+                     "nachos baseline --config C export.baselines=hand export.baseline_epochs=2",
+                     lines[3],
+                     f"nachos baseline --config C {run_dir / 'export' / exports[0]} export.baseline_epochs=6"]
+    words = shlex.split(lines[3])
+    assert words[:4] == ["nachos", "baseline", "--config", "C"] and words[-1] == "export.baseline_epochs=5"
+    again = tiny_cfg(tmp_path, *words[4:-1])
+    picks = choose_baselines(again, again.export.baselines, again.export.max_baselines)
+    assert sorted(a.key() for _, a, _ in picks) == sorted(a.key() for a in given)
+    # the given archs were never scored by the search: no empty rank-correlation table for them
+    assert rank_correlation(run, 5)["pairs"] == []
+    from eval.report import run_section
+    assert "Baselines trained 5 epochs from scratch: none has an inherited accuracy" in run_section(run, None)
+
+
 def test_scored_baselines_spread_over_the_searched_backbones(run_folder, tmp_path: Path) -> None:
     from eval.baselines import choose_baselines, mac_table
     from search.report import read_candidates
