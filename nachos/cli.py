@@ -37,9 +37,16 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate the supernet's largest and smallest subnets instead of exports")
 
 
+def _space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", action="append", metavar="ARCH",
+                   help="also count the MACs and parameters of this network, written as reports print it "
+                        "('w16[k3e1] w24[k3e2,k3e2] ... f128'); repeatable")
+
+
 COMMANDS: dict[str, Command] = {
     "data": Command("nachos.data:prepare_command", "decode the dataset into the tensor cache and print its splits"),
-    "space": Command("supernet.summary:space_command", "summarise the search space of a config"),
+    "space": Command("supernet.summary:space_command", "summarise the search space of a config",
+                     extra=_space_args),
     "macs": Command("supernet.costs:macs_command", "build or verify the calibrated MAC / latency table",
                     positional=("action",), extra=_macs_args),
     "supernet": Command("supernet.train:supernet_command", "train the supernet and its exit heads (sandwich rule)",

@@ -1,4 +1,5 @@
-"""``nachos space``: what a config's search space contains and what its extremes cost.
+"""``nachos space``: what a config's search space contains and what its extremes cost (and, with
+``--arch 'w16[k3e1] ... f128'``, what given networks of it cost: say, to pick static rivals).
 
 MACs are counted by ptflops with its ``aten`` backend: every convolution and matrix multiply
 that actually runs (F.conv2d / F.linear included, not only nn.Conv2d modules), batch 1, one
@@ -19,6 +20,7 @@ from ptflops import get_model_complexity_info
 
 from exits.heads import HEAD_KINDS, create_exit_head
 from nachos.config import Config
+from nachos.runtime import RunError
 from supernet.network import create_supernet
 from supernet.space import Arch
 from supernet.static import StaticEENet
@@ -77,15 +79,21 @@ def space_command(cfg: Config, args: argparse.Namespace | None = None) -> int:
                            "yes" if st.se else "no", st.act])
     print(_table(stage_rows) + f"\nfinal widths {list(space.final_widths)}\n")
 
+    given = []
+    for text in getattr(args, "arch", None) or []:
+        try:
+            given.append(space.parse_arch(text))
+        except ValueError as err:
+            raise RunError(f"--arch: {err}") from None
     extremes: dict[str, tuple[Arch, list[int], list[int]]] = {}
     rows = [["subnet", "MACs", "params", "arch"]]
-    for name, arch in (("smallest", space.smallest()), ("largest", space.largest())):
+    for name, arch in (("smallest", space.smallest()), ("largest", space.largest()),
+                       *((f"--arch {i + 1}", a) for i, a in enumerate(given))):
         plain = net.extract(arch, [])
         macs = count_macs(plain, plain.segment_input_shapes[0])
         rows.append([name, _m(macs), _k(count_params(plain)), str(arch)])
-        with_exits = net.extract(arch, space.available_exits(arch))
-        segs, heads = segment_macs(with_exits)
-        extremes[name] = (arch, segs, heads)
+        if name in ("smallest", "largest"):
+            extremes[name] = (arch, *segment_macs(net.extract(arch, space.available_exits(arch))))
     print(_table(rows) + "\n")
 
     backbone_params = count_params(net) - count_params(net.heads)

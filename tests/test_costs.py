@@ -235,3 +235,21 @@ def test_macs_command_builds_and_verifies(tmp_path: Path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "built" in out and "0 MACs over every exit prefix" in out and "OK" in out
     torch.set_num_threads(threads)
+
+
+def test_space_command_counts_the_networks_given_with_arch(capsys: pytest.CaptureFixture) -> None:
+    from nachos.cli import main
+
+    cfg = _cfg("tiny.yaml")
+    space = SearchSpace.from_config(cfg.space)
+    table = MacTable(space, cfg.exits)
+    archs = [space.sample(random.Random(s)) for s in (1, 2)]
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    assert main(["space", "--config", tiny, "--arch", str(archs[0]), "--arch", str(archs[1]),
+                 "wandb.mode=disabled"]) == 0
+    out = capsys.readouterr().out
+    for i, arch in enumerate(archs, 1):
+        row = next(ln for ln in out.splitlines() if ln.startswith(f"--arch {i} "))
+        assert f"{table.peak_cost(arch, []) / 1e6:.3f} M" in row and row.endswith(str(arch))
+    assert main(["space", "--config", tiny, "--arch", "w8[k3e1] f64", "wandb.mode=disabled"]) == 2
+    assert "--arch: arch 'w8[k3e1] f64': 1 stages given; this space has 3" in capsys.readouterr().err
