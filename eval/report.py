@@ -910,7 +910,7 @@ def baseline_commands(run: RunData, base: str) -> list[str]:
                  "given arch": "export.baselines=archs 'export.baseline_archs=[" +
                                ", ".join(f'"{b["arch_str"]}"' for b in bs) + "]'",
                  "export backbone": str(run.dir / "export" / key)}.get(kind or "", "")
-        lines.append(f"nachos baseline {base} {which} export.baseline_epochs={epochs}".replace("  ", " "))
+        lines.append(" ".join(filter(None, ["nachos baseline", base, which, f"export.baseline_epochs={epochs}"])))
     return lines
 
 

@@ -200,14 +200,13 @@ def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_
     import shlex
 
     from eval.baselines import choose_baselines
-    from eval.report import baseline_commands, load_run, rank_correlation
+    from eval.report import baseline_commands, load_run, rank_correlation, run_section
+    from search.report import read_candidates
 
     cfg, _, exports, *_ = run_folder
     run_dir = tmp_path / cfg.name
     shutil.copytree(cfg.run_dir, run_dir)
     space = SearchSpace.from_config(cfg.space)
-    from search.report import read_candidates
-
     scored = {r["arch_key"] for r in read_candidates(run_dir / "search" / "candidates.jsonl") if r["scored"]}
     rng = random.Random(0)
     given = list({a.key(): a for a in (space.sample(rng) for _ in range(50)) if a.key() not in scored}.values())[:2]
@@ -234,7 +233,6 @@ def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_
     assert sorted(a.key() for _, a, _ in picks) == sorted(a.key() for a in given)
     # the given archs were never scored by the search: no empty rank-correlation table for them
     assert rank_correlation(run, 5)["pairs"] == []
-    from eval.report import run_section
     assert "Baselines trained 5 epochs from scratch: none has an inherited accuracy" in run_section(run, None)
 
 
