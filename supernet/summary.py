@@ -22,7 +22,7 @@ from exits.heads import HEAD_KINDS, create_exit_head
 from nachos.config import Config
 from nachos.runtime import RunError
 from supernet.network import create_supernet
-from supernet.space import Arch
+from supernet.space import Arch, SearchSpace
 from supernet.static import StaticEENet
 
 
@@ -64,8 +64,14 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def space_command(cfg: Config, args: argparse.Namespace | None = None) -> int:
+    space = SearchSpace.from_config(cfg.space)
+    given = []  # checked before anything is built or printed, so a typo fails at once
+    for text in getattr(args, "arch", None) or []:
+        try:
+            given.append(space.parse_arch(text))
+        except ValueError as err:
+            raise RunError(f"--arch: {err}") from None
     net = create_supernet(cfg)
-    space = net.space
     c = cfg.space
     print(f"space {space.space_hash()}: {len(space.stages)} stages, input {c.in_channels}x{c.input_size}x{c.input_size}, "
           f"{c.num_classes} classes, exits after every {c.exit_positions}")
@@ -79,12 +85,6 @@ def space_command(cfg: Config, args: argparse.Namespace | None = None) -> int:
                            "yes" if st.se else "no", st.act])
     print(_table(stage_rows) + f"\nfinal widths {list(space.final_widths)}\n")
 
-    given = []
-    for text in getattr(args, "arch", None) or []:
-        try:
-            given.append(space.parse_arch(text))
-        except ValueError as err:
-            raise RunError(f"--arch: {err}") from None
     extremes: dict[str, tuple[Arch, list[int], list[int]]] = {}
     rows = [["subnet", "MACs", "params", "arch"]]
     for name, arch in (("smallest", space.smallest()), ("largest", space.largest()),

@@ -252,4 +252,6 @@ def test_space_command_counts_the_networks_given_with_arch(capsys: pytest.Captur
         row = next(ln for ln in out.splitlines() if ln.startswith(f"--arch {i} "))
         assert f"{table.peak_cost(arch, []) / 1e6:.3f} M" in row and row.endswith(str(arch))
     assert main(["space", "--config", tiny, "--arch", "w8[k3e1] f64", "wandb.mode=disabled"]) == 2
-    assert "--arch: arch 'w8[k3e1] f64': 1 stages given; this space has 3" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "--arch: arch 'w8[k3e1] f64': 1 stages given; this space has 3" in captured.err
+    assert "distinct subnets" not in captured.out  # refused before any work
