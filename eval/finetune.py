@@ -22,6 +22,9 @@ trains a static one, so the two compare like for like. With ``export.finetune_in
 fresh exit heads are trained, same schedule, on the frozen backbone of the run's static baseline
 of the same arch (``nachos baseline``; weights and BN statistics kept): exits added to a network
 trained without them, whose final classifier therefore keeps the static network's accuracy.
+With ``export.finetune_teacher=static`` the final classifier learns from that static network's
+logits (frozen) instead of the labels: exits trained jointly then pull a backbone that is held
+near the static network, not one free to trade its own accuracy for theirs.
 
 Fine-tuning moves every exit's confidence, so the parent's thresholds no longer mean what they
 did. They are re-chosen on the validation split (never the test split) over the search's
@@ -63,10 +66,10 @@ NAME_TAGS = {"inherited": "ft", "scratch": "scratch", "static": "heads"}
 
 
 def finetuned_name(parent: str, epochs: int, init: str = "inherited", exit_weight: float = 1.0,
-                   backbone_grad: float = 1.0) -> str:
+                   backbone_grad: float = 1.0, teacher: str = "none") -> str:
     """The export name of ``parent`` trained ``epochs`` epochs from ``init`` weights."""
     return (f"{parent}-{NAME_TAGS[init]}{epochs}" + ("" if exit_weight == 1.0 else f"-w{exit_weight:g}")
-            + ("" if backbone_grad == 1.0 else f"-g{backbone_grad:g}"))
+            + ("" if backbone_grad == 1.0 else f"-g{backbone_grad:g}") + ("" if teacher == "none" else "-kd"))
 
 
 def with_exit_weight(src: Config, weight: float, backbone_grad: float = 1.0) -> Config:
@@ -94,14 +97,20 @@ def static_backbone(run_dir: Path, arch_key: str, min_epochs: int) -> tuple[dict
     return max(found, key=lambda f: f[0]["epochs"])
 
 
+def load_static_network(ckpt_path: Path, like: StaticEENet) -> StaticEENet:
+    """A static baseline's network (no exits, eval mode), checked to be ``like``'s arch."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    static = StaticEENet.from_config(like.description()["space"], like.description()["exits"], ckpt["arch"], [])
+    static.load_state_dict(ckpt["model"])
+    if static.arch != like.arch:
+        raise RunError(f"{ckpt_path} holds arch {static.arch}, not the export's {like.arch}")
+    return static.eval()
+
+
 def load_static_backbone(net: StaticEENet, ckpt_path: Path) -> None:
     """Copy a static baseline's backbone (stem, blocks, final classifier) into ``net``, module by
     module: the two split the same modules into different segments, so their keys differ."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    static = StaticEENet.from_config(net.description()["space"], net.description()["exits"], ckpt["arch"], [])
-    static.load_state_dict(ckpt["model"])
-    if static.arch != net.arch:
-        raise RunError(f"{ckpt_path} holds arch {static.arch}, not the export's {net.arch}")
+    static = load_static_network(ckpt_path, net)
     for src, dst in zip(static.backbone_modules(), net.backbone_modules(), strict=True):
         dst.load_state_dict(src.state_dict())
 
@@ -141,9 +150,10 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- training
 def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
           exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0,
-          frozen_backbone: bool = False) -> dict[str, Any]:
+          frozen_backbone: bool = False, teacher: torch.nn.Module | None = None) -> dict[str, Any]:
     """Fine-tune ``model``'s weights in place (only its exit heads with ``frozen_backbone``: the
-    backbone keeps its weights and BN statistics); resumes ``ckpt_path`` when it has this fingerprint."""
+    backbone keeps its weights and BN statistics; the final classifier learns from ``teacher``'s
+    final logits instead of the labels when given); resumes ``ckpt_path`` when it has this fingerprint."""
     from timm.optim import create_optimizer_v2
     from tqdm import tqdm
 
@@ -167,6 +177,8 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     costs = (lambda _arch: costs_t) if learned_macs else None
     arch = Arch.from_dict(model.description()["arch"])
     autocast = autocast_factory(device, tc.amp)
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
     step, start, seconds, history = 0, 0, 0.0, []
     ckpt = resume_training(ckpt_path, fingerprint, {"model": net, "optimizer": optimizer, "loader": loader})
     if ckpt is not None:
@@ -182,7 +194,11 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
                          disable=not sys.stderr.isatty()):
             scheduler.step_update(step)
             optimizer.zero_grad(set_to_none=True)
-            loss, _ = member_loss(net, arch, x, y, None, src, costs, None, step, autocast)
+            target = None
+            if teacher is not None:
+                with torch.no_grad(), autocast():
+                    target = teacher(x)[-1].float()
+            loss, _ = member_loss(net, arch, x, y, target, src, costs, None, step, autocast)
             if not torch.isfinite(loss):
                 raise RunError(f"finetune: non-finite loss at step {step} (epoch {epoch + 1}); lower "
                                "export.finetune_lr")
@@ -241,14 +257,20 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     if init == "static" and grad != 1.0:
         raise RunError(f"exits.backbone_grad={grad:g} with export.finetune_init=static: the backbone is frozen, so "
                        "the share of the exits' gradient it gets means nothing; leave exits.backbone_grad at 1")
+    teacher_kind = cfg.export.finetune_teacher
+    if init == "static" and teacher_kind != "none":
+        raise RunError("export.finetune_teacher=static with export.finetune_init=static: the frozen backbone is the "
+                       "teacher already; distil in the joint stage that follows (export.finetune_init=inherited "
+                       "on the -heads export)")
     src = with_exit_weight(src, weight, grad)  # (in the fingerprint through src.exits)
-    out = folder.parent / finetuned_name(folder.name, epochs, init, weight, grad)
+    out = folder.parent / finetuned_name(folder.name, epochs, init, weight, grad, teacher_kind)
     ckpt_path = out.with_name(out.name + ".pt")
     fp = _fingerprint(m, src, init, epochs, lr, warmup)
     static = None
-    if init == "static":  # the export folder sits in <run_dir>/export/
+    if init == "static" or teacher_kind == "static":  # the export folder sits in <run_dir>/export/
         static = static_backbone(folder.parent.parent, m["arch_key"], src.train.epochs)
-        fp = hashlib.sha256((fp + static[0]["fingerprint"]).encode()).hexdigest()[:16]
+        kd = "" if teacher_kind == "none" else teacher_kind  # (keeps the fingerprints of heads-only exports)
+        fp = hashlib.sha256((fp + kd + static[0]["fingerprint"]).encode()).hexdigest()[:16]
     if (out / MANIFEST).is_file() and read_manifest(out)[1].get("finetune", {}).get("fingerprint") == fp:
         print(f"{out.name}: already fine-tuned with these settings", file=sys.stderr)
         return out
@@ -268,13 +290,16 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     if init in ("scratch", "static"):
         seed_everything(src.seed, cfg.deterministic)  # seeded as the static baselines are
         model.static_net().load_state_dict(StaticEENet.from_description(m["description"]).state_dict())
-    if static is not None:
+    if init == "static":
         load_static_backbone(model.static_net(), static[1])
+    teacher = load_static_network(static[1], model.static_net()) if teacher_kind == "static" else None
     t0 = time.perf_counter()
-    info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device, warmup, frozen_backbone=static is not None)
+    info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device, warmup, frozen_backbone=init == "static",
+                 teacher=teacher)
     if static is not None:
-        info["static_baseline"] = {"tag": static[0]["tag"], "checkpoint": str(static[1]),
-                                   "fingerprint": static[0]["fingerprint"], "test_accuracy": static[0]["test_accuracy"]}
+        info["static_baseline" if init == "static" else "teacher"] = {
+            "tag": static[0]["tag"], "checkpoint": str(static[1]), "fingerprint": static[0]["fingerprint"],
+            "test_accuracy": static[0]["test_accuracy"]}
     cache = validation_cache(model, val_loader)
     thresholds, idx, _, _ = choose_thresholds(threshold_scorer(cache, search_grid(src), m["criterion"], exit_costs),
                                               budget=float(m["expected_macs"]))

@@ -886,7 +886,8 @@ def setup_lines(run: RunData) -> list[str]:
                          + (f" export.finetune_exit_weight={ft['exit_weight']:g}"
                             if ft.get("exit_weight", 1.0) != 1.0 else "")
                          + (f" exits.backbone_grad={ft['backbone_grad']:g}"
-                            if ft.get("backbone_grad", 1.0) != 1.0 else ""))
+                            if ft.get("backbone_grad", 1.0) != 1.0 else "")
+                         + (" export.finetune_teacher=static" if "teacher" in ft else ""))
         lines.append(f"nachos eval {base}")
     lines += baseline_commands(run, base)
     lines += [f"nachos report {base}", "```"]
@@ -918,7 +919,9 @@ def loss_settings(ft: dict[str, Any]) -> str:
     """A fine-tune's exit-loss settings that differ from the supernet's, as ", a, b" (or "")."""
     parts = [f"exit weight {ft['exit_weight']:g}" if ft.get("exit_weight", 1.0) != 1.0 else "",
              f"{ft['backbone_grad']:g} of the exits' gradient into the backbone"
-             if ft.get("backbone_grad", 1.0) != 1.0 else ""]
+             if ft.get("backbone_grad", 1.0) != 1.0 else "",
+             f"final classifier distilled from the static network ({pct(ft['teacher']['test_accuracy'])})"
+             if "teacher" in ft else ""]
     return "".join(f", {p}" for p in parts if p)
 
 

@@ -194,6 +194,12 @@ class ExportConfig:
                                      "loss; 0 = a no-exit control: the backbone trained on, the final classifier "
                                      "alone, which the report counts as a static network trained as long); other "
                                      "values name the export <id>-<kind><epochs>-w<weight>")
+    finetune_teacher: str = _f("none", choices=("none", "static"),
+                               help="finetune: what the final classifier learns from: the labels (none), or the "
+                               "logits of the run's static baseline of the same arch (static: distillation with "
+                               "train.kd_temperature / train.kd_loss, the teacher frozen), which holds a backbone "
+                               "trained jointly with its exits near the static network's accuracy; names the "
+                               "export <id>-..-kd")
     report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
                                 "next to the config's run (e.g. [mnist])")
     report_dir: str = _f("docs", help="report: folder of RESULTS.md and its results_<name>.png plots")

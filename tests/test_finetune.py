@@ -199,6 +199,44 @@ def test_static_init_trains_only_new_heads_on_the_static_baselines_backbone(expo
 
 
 @pytest.mark.slow
+def test_static_teacher_distils_the_final_classifier_from_the_static_network(exported, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    from eval.baselines import train_static
+    from supernet.space import Arch
+
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_teacher=static", "export.finetune_epochs=1", "export.onnx=false",
+               "export.torchscript=false")
+    parent = _copy(parent, run)
+    with pytest.raises(RunError, match="nachos baseline"):  # no static network of this arch trained yet
+        ft.finetune_export(parent, run)
+    m = json.loads((parent / "arch.json").read_text())
+    base = train_static(run, Arch.from_dict(m["arch"]), run.train.epochs, "static", run.run_dir / "baselines")
+    seen = []
+
+    def recording_loss(net, arch, x, y, teacher, *args, **kwargs):
+        seen.append((x.clone(), None if teacher is None else teacher.clone()))
+        return member_loss(net, arch, x, y, teacher, *args, **kwargs)
+
+    member_loss = ft.member_loss
+    monkeypatch.setattr(ft, "member_loss", recording_loss)
+    out = ft.finetune_export(parent, run)
+    assert out.name == f"{parent.name}-ft1-kd" and seen
+    # every step's target is the static network's final logits for that very batch
+    static = ft.load_static_network(run.run_dir / "baselines" / "static.pt", load_exported(parent).static_net())
+    with torch.no_grad():
+        for x, target in seen:
+            assert target is not None and torch.allclose(target, static(x)[-1].float(), atol=1e-5)
+    info = json.loads((out / "arch.json").read_text())["finetune"]
+    assert info["teacher"]["tag"] == "static" and info["teacher"]["test_accuracy"] == base["test_accuracy"]
+    assert "static_baseline" not in info and info["init"] == "inherited"
+    # heads on the frozen static backbone have that network as their final classifier already
+    frozen = _cfg(tmp_path, "export.finetune_teacher=static", "export.finetune_init=static")
+    with pytest.raises(RunError, match="finetune_teacher=static with export.finetune_init=static"):
+        ft.finetune_export(parent, frozen)
+
+
+@pytest.mark.slow
 def test_exit_weight_zero_trains_the_backbone_and_leaves_the_exits_alone(exported, tmp_path: Path) -> None:
     """The no-exit control: the final classifier's loss alone moves the weights, so the exit heads
     change by weight decay only while the backbone trains on."""

@@ -549,8 +549,9 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
     for eid, ft, alone in [("heads", {"init": "static", "static_baseline": {"tag": "hand"}, "parent": exports[0]}, 0.80),
                            ("heads-ft3", {"init": "inherited", "parent_init": "static", "parent": "heads",
                                           "backbone_grad": 0.3}, 0.905),
-                           ("heads-ft3-w0", {"init": "inherited", "parent_init": "static", "parent": "heads",
-                                             "exit_weight": 0.0}, 0.915),
+                           ("heads-ft3-w0-kd", {"init": "inherited", "parent_init": "static", "parent": "heads",
+                                                "exit_weight": 0.0, "teacher": {"tag": "hand",
+                                                                                "test_accuracy": 0.9}}, 0.915),
                            ("x-scratch5-w0", {"init": "scratch", "parent": exports[0], "exit_weight": 0.0}, 0.70)]:
         folder = run_dir / "export" / eid
         folder.mkdir()
@@ -561,25 +562,25 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
         (folder / "eval.json").write_text(json.dumps(dict(ev, id=eid, accuracy=alone - 0.002,
                                                           exit_accuracy_all_samples=[0.5, alone])))
     run = load_run(cfg, run_dir)
-    [control] = [b for b in run.baselines if b["tag"] == "heads-ft3-w0"]
+    [control] = [b for b in run.baselines if b["tag"] == "heads-ft3-w0-kd"]
     assert control["epochs"] == hand["epochs"] + 3 and control["test_accuracy"] == 0.915
     assert control["macs"] == m["macs"]["backbone"] and control["origin"]["kind"] == "no-exit control"
     assert next(b for b in run.baselines if b["tag"] == "x-scratch5-w0")["epochs"] == 5  # from scratch: its own only
-    assert "heads-ft3-w0" not in [e.id for e in evaluated(run)] and "heads-ft3" in [e.id for e in evaluated(run)]
+    assert "heads-ft3-w0-kd" not in [e.id for e in evaluated(run)] and "heads-ft3" in [e.id for e in evaluated(run)]
     # the EEN trained alongside it (90.3%) is measured against it (91.5%), not against the 90.00% static network
-    assert "heads-ft3-w0 (91.50%" in goal_baselines(run).detail
+    assert "heads-ft3-w0-kd (91.50%" in goal_baselines(run).detail
     g3 = goal_savings(run)
-    assert "heads-ft3-w0" not in g3.detail
+    assert "heads-ft3-w0-kd" not in g3.detail
     sec = run_section(run, None)
-    assert "| heads-ft3-w0 | no-exit control |" in sec
-    assert "export.finetune_exit_weight=0" in sec
+    assert "| heads-ft3-w0-kd | no-exit control |" in sec
+    assert "export.finetune_exit_weight=0 export.finetune_teacher=static\n" in sec
     assert "/heads export.finetune_epochs=3 export.finetune_lr=0.01 exits.backbone_grad=0.3\n" in sec
     assert "0.3 of the exits' gradient into the backbone" in sec
     # without the static network under it, its lineage is unknown: left out, and said so
     (run_dir / "export" / "heads" / "arch.json").unlink()
     run = load_run(cfg, run_dir)
-    assert not any(b["tag"] == "heads-ft3-w0" for b in run.baselines)
-    assert any("no-exit control `heads-ft3-w0`" in p for p in run.problems)
+    assert not any(b["tag"] == "heads-ft3-w0-kd" for b in run.baselines)
+    assert any("no-exit control `heads-ft3-w0-kd`" in p for p in run.problems)
 
 
 def test_loss_settings_name_only_what_differs_from_the_supernets() -> None:
@@ -589,6 +590,8 @@ def test_loss_settings_name_only_what_differs_from_the_supernets() -> None:
     assert loss_settings({"exit_weight": 0.3, "backbone_grad": 0.5}) == (
         ", exit weight 0.3, 0.5 of the exits' gradient into the backbone")
     assert loss_settings({"backbone_grad": 0.0}) == ", 0 of the exits' gradient into the backbone"
+    assert loss_settings({"teacher": {"test_accuracy": 0.8267}}) == (
+        ", final classifier distilled from the static network (82.67%)")
 
 
 def test_a_run_with_only_trained_exports_gets_a_plot(run_folder, tmp_path: Path) -> None:
