@@ -23,8 +23,8 @@ fresh exit heads are trained, same schedule, on the frozen backbone of the run's
 of the same arch (``nachos baseline``; weights and BN statistics kept): exits added to a network
 trained without them, whose final classifier therefore keeps the static network's accuracy.
 With ``export.finetune_teacher=static`` the final classifier learns from that static network's
-logits (frozen) instead of the labels: exits trained jointly then pull a backbone that is held
-near the static network, not one free to trade its own accuracy for theirs.
+logits (frozen) instead of the labels, meant to hold a backbone that trains jointly with its
+exits near the static network (on CIFAR-10 it did not help: docs/RESULTS.md, session 9).
 
 Fine-tuning moves every exit's confidence, so the parent's thresholds no longer mean what they
 did. They are re-chosen on the validation split (never the test split) over the search's

@@ -197,7 +197,7 @@ class ExportConfig:
     finetune_teacher: str = _f("none", choices=("none", "static"),
                                help="finetune: what the final classifier learns from: the labels (none), or the "
                                "logits of the run's static baseline of the same arch (static: distillation with "
-                               "train.kd_temperature / train.kd_loss, the teacher frozen), which holds a backbone "
+                               "train.kd_temperature / train.kd_loss, the teacher frozen), meant to hold a backbone "
                                "trained jointly with its exits near the static network's accuracy; names the "
                                "export <id>-..-kd")
     report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
