@@ -32,6 +32,18 @@ def _val_loader(cfg):
     return make_loader(cfg, s.val_x, s.val_y, "cpu", train=False, seed=cfg.seed, mean=s.mean, std=s.std)
 
 
+def _record_member_loss(monkeypatch, keep) -> list:
+    """Wrap ``eval.finetune.member_loss``: ``keep(*args)`` of every call, taken as the call is made."""
+    calls, member_loss = [], ft.member_loss
+
+    def recording_loss(*args, **kwargs):
+        calls.append(keep(*args))
+        return member_loss(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "member_loss", recording_loss)
+    return calls
+
+
 def _two_exit_export(exported) -> tuple:
     cfg, front, folders = exported
     folder = next(f for f in folders if len(json.loads((f / "arch.json").read_text())["exits"]) == 2)
@@ -212,20 +224,14 @@ def test_static_teacher_distils_the_final_classifier_from_the_static_network(exp
         ft.finetune_export(parent, run)
     m = json.loads((parent / "arch.json").read_text())
     base = train_static(run, Arch.from_dict(m["arch"]), run.train.epochs, "static", run.run_dir / "baselines")
-    seen = []
-
-    def recording_loss(net, arch, x, y, teacher, *args, **kwargs):
-        seen.append((x.clone(), None if teacher is None else teacher.clone()))
-        return member_loss(net, arch, x, y, teacher, *args, **kwargs)
-
-    member_loss = ft.member_loss
-    monkeypatch.setattr(ft, "member_loss", recording_loss)
+    calls = _record_member_loss(monkeypatch, lambda net, arch, x, y, teacher, *_: (
+        x.clone(), None if teacher is None else teacher.clone()))
     out = ft.finetune_export(parent, run)
-    assert out.name == f"{parent.name}-ft1-kd" and seen
+    assert out.name == f"{parent.name}-ft1-kd" and calls
     # every step's target is the static network's final logits for that very batch
     static = ft.load_static_network(run.run_dir / "baselines" / "static.pt", load_exported(parent).static_net())
     with torch.no_grad():
-        for x, target in seen:
+        for x, target in calls:
             assert target is not None and torch.allclose(target, static(x)[-1].float(), atol=1e-5)
     info = json.loads((out / "arch.json").read_text())["finetune"]
     assert info["teacher"]["tag"] == "static" and info["teacher"]["test_accuracy"] == base["test_accuracy"]
@@ -261,14 +267,7 @@ def test_backbone_grad_is_set_while_training_and_named_and_the_export_runs_at_on
     run = _cfg(tmp_path, "export.finetune_epochs=1", "exits.backbone_grad=0.25", "export.onnx=false",
                "export.torchscript=false")
     parent = _copy(parent, run)
-    seen = []
-
-    def recording_loss(net, *args, **kwargs):
-        seen.append(net.backbone_grad)
-        return member_loss(net, *args, **kwargs)
-
-    member_loss = ft.member_loss
-    monkeypatch.setattr(ft, "member_loss", recording_loss)
+    seen = _record_member_loss(monkeypatch, lambda net, *_: net.backbone_grad)
     out = ft.finetune_export(parent, run)
     assert out.name == f"{parent.name}-ft1-g0.25" and seen and set(seen) == {0.25}
     info = json.loads((out / "arch.json").read_text())["finetune"]
