@@ -5,9 +5,10 @@ any narrower one: backbone channels are "first c kept", so the head slices its f
 input channels to ``x.shape[1]``. ``extract(c)`` returns a plain static copy for c channels.
 
 Designs:
-- ``light``: depthwise 3x3 (stride 2 when the map is larger than ``LIGHT_MAX_SIZE``, so that
-  the pointwise conv never runs on more than ~8x8) -> pointwise to ``width`` -> BN -> ReLU ->
-  global average pool -> linear. Roughly 0.1-0.3 M MACs on a 32 px CIFAR backbone.
+- ``light``: depthwise 3x3 (stride 2 when the map is larger than ``max_map``, default
+  ``LIGHT_MAX_SIZE``, so that the pointwise conv, the head's main cost, runs on a small map) ->
+  pointwise to ``width`` -> BN -> ReLU -> global average pool -> linear. Roughly 0.1-0.3 M MACs
+  on a 32 px CIFAR backbone with ``max_map=8``; ``max_map=4`` makes heads on 8x8 maps ~4x cheaper.
 - ``nachos``: NACHOS's cost-aware head: max-pool -> ReLU-Conv3x3(C->32) -> ReLU-Conv3x3(32->64)
   -> ReLU-Conv3x3(64->128) -> ReLU -> flatten -> linear (convs keep the size, padding 1).
   NACHOS picks the pool size (1, 2 or 4) by comparing cumulative costs of neighbouring exits,
@@ -31,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HEAD_KINDS: tuple[str, ...] = ("light", "nachos")
-LIGHT_MAX_SIZE = 8  # light head: maps larger than this are strided by 2 in the depthwise conv
+LIGHT_MAX_SIZE = 8  # default max_map of the light head: larger maps are strided by 2 in the depthwise conv
 NACHOS_WIDTHS: tuple[int, int, int] = (32, 64, 128)
 NACHOS_POOLS: tuple[int, ...] = (1, 2, 4)
 NACHOS_MIN_MAP = 2  # smallest map the nachos head's flatten-linear sees after its pool
@@ -43,8 +44,8 @@ def nachos_pool_size(in_size: int) -> int:
     return max(fitting) if fitting else 1
 
 
-def _conv_out(size: int, stride: int) -> int:
-    return (size - 1) // stride + 1
+def _light_stride(in_size: int, max_map: int) -> int:
+    return 2 if in_size > max_map else 1
 
 
 def _init_conv(weight: torch.Tensor) -> None:
@@ -82,10 +83,10 @@ class LightExitHead(ExitHead):
     kind = "light"
 
     def __init__(self, max_in_channels: int, in_size: int, num_classes: int, width: int,
-                 confidence_output: bool) -> None:
+                 confidence_output: bool, max_map: int = LIGHT_MAX_SIZE) -> None:
         super().__init__(max_in_channels, in_size, num_classes, confidence_output)
         self.width = width
-        self.stride = 2 if in_size > LIGHT_MAX_SIZE else 1
+        self.stride = _light_stride(in_size, max_map)
         self.dw_weight = nn.Parameter(torch.empty(max_in_channels, 1, 3, 3))
         self.pw_weight = nn.Parameter(torch.empty(width, max_in_channels, 1, 1))
         self.bn = nn.BatchNorm2d(width)
@@ -167,16 +168,19 @@ class NachosExitHead(ExitHead):
 
 
 def create_exit_head(kind: str, max_in_channels: int, in_size: int, num_classes: int, width: int,
-                     confidence_output: bool) -> ExitHead:
+                     confidence_output: bool, max_map: int = LIGHT_MAX_SIZE) -> ExitHead:
     """An exit head of design ``kind`` for maps of ``in_size`` x ``in_size`` and up to
-    ``max_in_channels`` channels; it outputs ``num_classes (+1 if confidence_output)`` logits."""
+    ``max_in_channels`` channels; it outputs ``num_classes (+1 if confidence_output)`` logits.
+    ``width`` and ``max_map`` shape the light head only."""
     if max_in_channels < 1 or in_size < 1 or num_classes < 1:
         raise ValueError(f"exit head: bad shape (max_in_channels={max_in_channels}, in_size={in_size}, "
                          f"num_classes={num_classes})")
     if kind == "light":
         if width < 1:
             raise ValueError(f"light exit head: width must be >= 1, got {width}")
-        return LightExitHead(max_in_channels, in_size, num_classes, width, confidence_output)
+        if max_map < 1:
+            raise ValueError(f"light exit head: max_map must be >= 1, got {max_map}")
+        return LightExitHead(max_in_channels, in_size, num_classes, width, confidence_output, max_map)
     if kind == "nachos":
         return NachosExitHead(max_in_channels, in_size, num_classes, confidence_output)
     raise ValueError(f"unknown exit head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
@@ -195,14 +199,5 @@ def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x.detach() + scale * (x - x.detach())
 
 
-def head_output_size(in_size: int, kind: str) -> int:
-    """Spatial size of the head's last feature map (for cost formulas and docs)."""
-    if kind == "light":
-        return _conv_out(in_size, 2 if in_size > LIGHT_MAX_SIZE else 1)
-    if kind == "nachos":
-        return in_size // nachos_pool_size(in_size)
-    raise ValueError(f"unknown exit head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
-
-
 __all__ = ["HEAD_KINDS", "ExitHead", "LightExitHead", "NachosExitHead", "create_exit_head",
-           "head_output_size", "nachos_pool_size"]
+           "nachos_pool_size"]

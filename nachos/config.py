@@ -83,6 +83,8 @@ class SpaceConfig:
 class ExitsConfig:
     head: str = _f("light", choices=("light", "nachos"), help="exit-head design")
     head_width: int = _f(64, lo=8, help="hidden width of the light head")
+    head_max_map: int = _f(8, lo=1, help="light head: a map larger than this is strided by 2 before the pointwise "
+                           "conv (its main cost); 4 makes heads on 8x8 maps ~4x cheaper")
     criterion: str = _f("softmax", choices=("softmax", "entropy", "learned"),
                         help="exit confidence: max softmax, 1 - normalised entropy, or NACHOS's learned output")
     w_ce: float = _f(1.0, lo=0.0, help="weight of the exits' cross-entropy (exit losses are averaged over a subnet's exits)")

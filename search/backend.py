@@ -19,6 +19,7 @@ from nachos.runtime import RunError, resolve_device
 from search.cache import CacheStore, Timer, compute_cache, file_digest, fingerprint, tensor_digest
 from search.scoring import BackboneCache
 from supernet.space import Arch, SearchSpace
+from supernet.static import HeadSettings
 
 
 def fix_supernet(cfg: Config, config_path: str | None) -> str:
@@ -54,20 +55,27 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
     return path, ckpt
 
 
+def _heads_mismatch(cfg: Config, path: Path, config_path: str | None, detail: str) -> str:
+    return (f"supernet checkpoint {path} does not fit this config's exit heads ({detail}); use the exits "
+            f"settings it was trained with (its {path.parent / 'config.yaml'}) or retrain: {fix_supernet(cfg, config_path)}")
+
+
 def build_supernet(cfg: Config, ckpt: dict[str, Any], path: Path, config_path: str | None) -> torch.nn.Module:
     """The config's supernet holding the checkpoint's weights (on CPU); heads that do not fit
     raise a ``RunError`` naming the settings the checkpoint was trained with."""
     from supernet.network import create_supernet
 
     model = create_supernet(cfg)
+    saved = ckpt.get("config", {}).get("exits")
+    trained = HeadSettings.from_exits(saved) if saved else None
+    # max_map changes what a head computes, not its weights' shapes: only this check catches it
+    if trained is not None and trained != model.head_settings:
+        raise RunError(_heads_mismatch(cfg, path, config_path, f"trained with {trained.to_dict()}, "
+                                       f"this config asks for {model.head_settings.to_dict()}"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        trained = ckpt.get("config", {}).get("exits", {})
-        raise RunError(f"supernet checkpoint {path} does not fit this config's exit heads (trained with "
-                       f"head={trained.get('head')}, head_width={trained.get('head_width')}, "
-                       f"criterion={trained.get('criterion')}; {str(err).splitlines()[0]}); use those "
-                       f"exits settings or retrain: {fix_supernet(cfg, config_path)}") from None
+        raise RunError(_heads_mismatch(cfg, path, config_path, str(err).splitlines()[0])) from None
     return model
 
 

@@ -79,7 +79,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from exits.heads import create_exit_head
 from nachos.config import Config, ExitsConfig, SpaceConfig
 from nachos.runtime import RunError, atomic_write_text, resolve_device
 from supernet.space import Arch, BlockSpec, SearchSpace
@@ -256,7 +255,7 @@ def head_item(space: SearchSpace, heads: HeadSettings, size: int, channels: int)
 
     def make() -> nn.Module:
         # exactly what StaticEENet builds for an exit at this resolution and width
-        return create_exit_head(heads.kind, channels, size, n, heads.width, heads.confidence_output).extract(channels)
+        return heads.create(channels, size, n).extract(channels)
 
     return Item(head_key(heads, n, size, channels), (channels, size, size), make)
 
@@ -343,8 +342,13 @@ def carrier_chains(space: SearchSpace, heads: HeadSettings, rng: random.Random) 
 
 
 def heads_hash(heads: HeadSettings, num_classes: int) -> str:
-    """Stable id of everything that shapes an exit head beyond the space (classes are in both)."""
-    text = json.dumps({**heads.to_dict(), "num_classes": num_classes}, sort_keys=True, separators=(",", ":"))
+    """Stable id of everything that shapes an exit head beyond the space (classes are in both).
+    ``max_map`` came later: it enters only when set away from its default, so that tables
+    measured before it existed (all built with the default) keep their id."""
+    settings = heads.to_dict()
+    if heads.max_map == HeadSettings.max_map:
+        del settings["max_map"]
+    text = json.dumps({**settings, "num_classes": num_classes}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

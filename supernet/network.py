@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from exits.heads import create_exit_head, scale_gradient
+from exits.heads import scale_gradient
 from nachos.config import Config, ExitsConfig
 from supernet.modules import ElasticFinalClassifier, ElasticMBConv, load_cropped
 from supernet.space import Arch, BlockSpec, SearchSpace
@@ -56,10 +56,8 @@ class ElasticSupernet(nn.Module):
                                             st.stride if b == 0 else 1, st.expand_ratios[-1] > 1, st.act))
             stages.append(nn.ModuleList(blocks))
         self.stages = nn.ModuleList(stages)
-        hs = self.head_settings
-        self.heads = nn.ModuleList(
-            create_exit_head(hs.kind, p.max_channels, p.resolution, cfg.num_classes, hs.width, hs.confidence_output)
-            for p in space.exit_positions())
+        self.heads = nn.ModuleList(self.head_settings.create(p.max_channels, p.resolution, cfg.num_classes)
+                                   for p in space.exit_positions())
         self.final = ElasticFinalClassifier(space.stages[-1].widths[-1], space.final_widths[-1], cfg.num_classes,
                                             space.stages[-1].act)
         self._init_backbone()

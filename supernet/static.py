@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_act_layer
 
-from exits.heads import create_exit_head, scale_gradient
+from exits.heads import LIGHT_MAX_SIZE, ExitHead, create_exit_head, scale_gradient
 from nachos.config import ExitsConfig, SpaceConfig
 from supernet.space import Arch, BlockSpec, SearchSpace, space_config_from_dict
 
@@ -44,21 +44,27 @@ class HeadSettings:
     kind: str = "light"
     width: int = 64
     confidence_output: bool = False
+    max_map: int = LIGHT_MAX_SIZE
 
     @classmethod
     def from_exits(cls, exits: HeadSettings | ExitsConfig | Mapping[str, Any]) -> HeadSettings:
         if isinstance(exits, HeadSettings):
             return exits
         if isinstance(exits, ExitsConfig):
-            return cls(exits.head, exits.head_width, exits.criterion == "learned")
-        if {"kind", "width", "confidence_output"} >= set(exits) and exits:
-            return cls(**exits)
+            return cls(exits.head, exits.head_width, exits.criterion == "learned", exits.head_max_map)
+        if {"kind", "width", "confidence_output", "max_map"} >= set(exits) and exits:
+            return cls(**exits)  # saved before max_map existed: the default, which they were built with
         # an ExitsConfig as a dict (dataclasses.asdict / the YAML section)
         return cls(exits.get("head", cls.kind), exits.get("head_width", cls.width),
-                   exits.get("criterion", "softmax") == "learned")
+                   exits.get("criterion", "softmax") == "learned", exits.get("head_max_map", cls.max_map))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def create(self, max_in_channels: int, in_size: int, num_classes: int) -> ExitHead:
+        """The exit head these settings describe, for maps of ``in_size`` and up to ``max_in_channels``."""
+        return create_exit_head(self.kind, max_in_channels, in_size, num_classes, self.width,
+                                self.confidence_output, self.max_map)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -173,9 +179,7 @@ class StaticEENet(nn.Module):
                 head_shapes.append(shape)
                 p = positions[pos]
                 c = arch.widths[p.stage]
-                head = create_exit_head(heads.kind, c, p.resolution, cfg.num_classes, heads.width,
-                                        heads.confidence_output)
-                head_modules.append(head.extract(c))
+                head_modules.append(heads.create(c, p.resolution, cfg.num_classes).extract(c))
         current.append(FinalClassifier(arch.widths[-1], arch.final_width, cfg.num_classes,
                                        space.stages[-1].act, cfg.dropout))
         segments.append(nn.Sequential(*current))

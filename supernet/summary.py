@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import io
 from collections.abc import Sequence
 
 import torch.nn as nn
 from ptflops import get_model_complexity_info
 
-from exits.heads import HEAD_KINDS, create_exit_head
+from exits.heads import HEAD_KINDS
 from nachos.config import Config
 from nachos.runtime import RunError
 from supernet.network import create_supernet
@@ -112,8 +113,8 @@ def space_command(cfg: Config, args: argparse.Namespace | None = None) -> int:
         for kind in HEAD_KINDS:
             costs = []
             for ch in (p.channels[0], p.channels[-1]):
-                head = create_exit_head(kind, ch, p.resolution, c.num_classes, cfg.exits.head_width,
-                                        net.head_settings.confidence_output).extract(ch)
+                head = dataclasses.replace(net.head_settings, kind=kind).create(ch, p.resolution,
+                                                                                 c.num_classes).extract(ch)
                 costs.append(count_macs(head, (ch, p.resolution, p.resolution)))
             head_costs.append(f"{_k(costs[0])} / {_k(costs[1])}")
         where = f"stage {p.stage}" if p.block is None else f"stage {p.stage} block {p.block}"

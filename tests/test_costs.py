@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -14,7 +15,7 @@ import torch
 from nachos.config import load_config
 from nachos.runtime import RunError
 from supernet.costs import (
-    CONVENTION, MacTable, TableMismatchError, _ArchCosts, count_macs, count_params, enumerate_items, macs_command,
+    CONVENTION, MacTable, TableMismatchError, _ArchCosts, count_macs, count_params, enumerate_items, heads_hash, macs_command,
     network_items, profile_exit_costs, random_exit_set,
 )
 from supernet.network import ElasticSupernet, create_supernet
@@ -199,11 +200,21 @@ def test_incompatible_table_is_refused(table: MacTable, tmp_path: Path) -> None:
     msg = str(err.value)
     assert table.heads_hash in msg and "nachos macs build" in msg
     assert MacTable(table.space, other_heads).heads_hash in msg
+    with pytest.raises(TableMismatchError):  # same weights' shapes, other computation
+        MacTable.load(path, table.space, HeadSettings.from_exits(_cfg("cifar10.yaml", "exits.head_max_map=4").exits))
     with pytest.raises(TableMismatchError, match="latency"):
         MacTable.load(path, table.space, table.heads, metric="latency")
     path.write_text("{not json")
     with pytest.raises(RunError, match="cannot read cost table"):
         MacTable.load(path, table.space, table.heads)
+
+
+def test_head_max_map_enters_the_table_id_only_away_from_its_default() -> None:
+    # the id of every table measured before max_map existed: they must stay loadable
+    before = json.dumps({"confidence_output": False, "kind": "light", "num_classes": 10, "width": 64},
+                        separators=(",", ":"))
+    assert heads_hash(HeadSettings(), 10) == hashlib.sha256(before.encode()).hexdigest()[:16]
+    assert heads_hash(HeadSettings(max_map=4), 10) != heads_hash(HeadSettings(), 10)
 
 
 def test_latency_table_on_tiny_space(tmp_path: Path) -> None:

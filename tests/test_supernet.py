@@ -18,7 +18,7 @@ from nachos.config import load_config
 from supernet.bn import recalibrate_bn
 from supernet.network import ElasticSupernet, create_supernet
 from supernet.space import Arch, SearchSpace
-from supernet.static import StaticEENet
+from supernet.static import HeadSettings, StaticEENet
 from supernet.summary import count_macs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -478,6 +478,30 @@ def test_exit_head_slices_and_extracts(kind: str, size: int) -> None:
     assert plain(torch.randn(1, 40, size, size)).shape == (1, 10)
     with pytest.raises(ValueError, match="light, nachos"):
         create_exit_head("heavy", 40, size, 10, 32, False)
+
+
+def test_light_head_max_map_strides_larger_maps_only() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 8, 8)
+    cheap = create_exit_head("light", 32, 8, 10, 64, False, max_map=4).eval()
+    full = create_exit_head("light", 32, 8, 10, 64, False).eval()
+    with torch.no_grad():
+        assert (cheap(x) - cheap.extract(32).eval()(x)).abs().max() <= 1e-5
+    # the pointwise conv runs on 4x4 instead of 8x8: about a quarter of the MACs
+    assert count_macs(cheap.extract(32), (32, 8, 8)) < 0.3 * count_macs(full.extract(32), (32, 8, 8))
+    at_limit = create_exit_head("light", 32, 4, 10, 64, False, max_map=4)
+    assert at_limit.stride == 1 and cheap.stride == 2 and full.stride == 1
+    with pytest.raises(ValueError, match="max_map"):
+        create_exit_head("light", 32, 8, 10, 64, False, max_map=0)
+
+
+def test_head_settings_read_old_and_new_forms() -> None:
+    # exports and checkpoints saved before max_map existed were built with the default
+    assert HeadSettings.from_exits({"kind": "light", "width": 32, "confidence_output": False}) == HeadSettings(width=32)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["exits.head_max_map=4"], device_type="cpu")
+    hs = HeadSettings.from_exits(cfg.exits)
+    assert hs.max_map == 4
+    assert HeadSettings.from_exits(hs.to_dict()) == hs == HeadSettings.from_exits(dataclasses.asdict(cfg.exits))
 
 
 def test_nachos_pool_keeps_small_map() -> None:
