@@ -57,7 +57,8 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
 
 def _heads_mismatch(cfg: Config, path: Path, config_path: str | None, detail: str) -> str:
     return (f"supernet checkpoint {path} does not fit this config's exit heads ({detail}); use the exits "
-            f"settings it was trained with (its {path.parent / 'config.yaml'}) or retrain: {fix_supernet(cfg, config_path)}")
+            f"settings it was trained with (its {path.parent / 'config.yaml'}) or retrain: "
+            f"{fix_supernet(cfg, config_path)}")
 
 
 def build_supernet(cfg: Config, ckpt: dict[str, Any], path: Path, config_path: str | None) -> torch.nn.Module:

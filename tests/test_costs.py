@@ -15,8 +15,8 @@ import torch
 from nachos.config import load_config
 from nachos.runtime import RunError
 from supernet.costs import (
-    CONVENTION, MacTable, TableMismatchError, _ArchCosts, count_macs, count_params, enumerate_items, heads_hash, macs_command,
-    network_items, profile_exit_costs, random_exit_set,
+    CONVENTION, MacTable, TableMismatchError, _ArchCosts, count_macs, count_params, enumerate_items, heads_hash,
+    macs_command, network_items, profile_exit_costs, random_exit_set,
 )
 from supernet.network import ElasticSupernet, create_supernet
 from supernet.space import Arch, SearchSpace
