@@ -607,3 +607,47 @@ def test_a_run_with_only_trained_exports_gets_a_plot(run_folder, tmp_path: Path)
     path, plots = write_report(only)
     assert plots == [docs / f"results_{cfg.name}.png"] and plots[0].stat().st_size > 0
     assert f"results_{cfg.name}.png" in path.read_text()
+
+
+def _plant_repeat(out: Path, name: str, seed: int, alone: float, first: float, points: list[tuple[float, float]],
+                  chosen: tuple[float, float], static: dict | None, *extra: str) -> Config:
+    """A run folder holding only an evaluated export `hand-x` (backbone 1 M MACs) and maybe its static network."""
+    cfg = tiny_cfg(out, f"name={name}", f"seed={seed}", *extra)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    folder = cfg.run_dir / "export" / "hand-x"
+    folder.mkdir(parents=True)
+    (folder / "arch.json").write_text(json.dumps({"id": "hand-x", "arch_key": "k", "source": {"algorithm": "hand"}}))
+    own_acc, own_macs = points[0]
+    ev = {"id": "hand-x", "images": 10, "accuracy": own_acc, "expected_macs": own_macs, "backbone_macs": 1e6,
+          "exit_accuracy_all_samples": [first, alone],
+          "operating_point": {"max_accuracy_drop": 0.005,
+                              "test": {"accuracy": chosen[0], "expected_macs": chosen[1]}},
+          "tradeoff": [{"thresholds": [0.1 * i], "val": {"accuracy": a}, "test": {"accuracy": a, "expected_macs": m}}
+                       for i, (a, m) in enumerate(points[1:])]}
+    (folder / "eval.json").write_text(json.dumps(ev))
+    if static is not None:
+        (cfg.run_dir / "baselines").mkdir()
+        (cfg.run_dir / "baselines" / "hand.json").write_text(json.dumps(
+            dict(static, tag="hand", arch_key="k", arch_str="w16[k3e1] f64", epochs=100, macs=1e6)))
+    return cfg
+
+
+def test_repeats_across_seeds_pool_one_recipe_and_keep_each_seed(tmp_path: Path) -> None:
+    # seed 0: 35% saved at 0.4 points below its static network (80.5%, copied from run g): met
+    a = _plant_repeat(tmp_path, "a", 0, 0.80, 0.70, [(0.798, 0.9e6), (0.801, 0.65e6), (0.79, 0.5e6)],
+                      (0.79, 0.5e6), {"test_accuracy": 0.805, "run": "g"}, "export.report_runs=[b,c]")
+    # seed 1, no static network: no point within 0.5 points of its own final classifier: missed, 0% saved
+    _plant_repeat(tmp_path, "b", 1, 0.81, 0.72, [(0.804, 0.95e6), (0.80, 0.8e6)], (0.80, 0.7e6), None)
+    # another recipe (exit loss weights differ): not a repeat of a and b, though it shares the export id
+    _plant_repeat(tmp_path, "c", 2, 0.99, 0.99, [(0.99, 0.1e6)], (0.99, 0.1e6), None, "exits.w_macs=0.0")
+    path, _ = write_report(a)
+    sec = _section(path.read_text(), "seeds:a")
+    rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in sec.splitlines() if ln.startswith("| ")}
+    assert "| `c`" not in rows and "### `hand-x`" in sec
+    assert rows["| `a`"][1:] == ["0", "80.50% (from `g`)", "80.00%", "70.00%",
+                                 "35.0%: 80.10% at 0.650 M (-0.40 points)", "met",
+                                 "79.00% at 0.500 M (-1.50 points) |"]
+    assert rows["| `b`"][2] == "-" and rows["| `b`"][5:7] == ["none; closest -0.60 points for 5.0%", "missed"]
+    mean = rows["| **mean ± sd**"]
+    assert mean[2:] == ["80.50% (n=1)", "80.50 ± 0.71% (n=2)", "71.00 ± 1.41% (n=2)", "17.5 ± 24.7% (n=2)",
+                        "1 of 2 met", "lost 1.25 ± 0.35 points (n=2) |"]
