@@ -898,14 +898,20 @@ def setup_lines(run: RunData) -> list[str]:
 
 def baseline_commands(run: RunData, base: str) -> list[str]:
     """One ``nachos baseline`` line per training length and way of choosing the networks, so
-    that each line trains again exactly the baselines it stands for (``eval.baselines``)."""
-    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    that each line trains again exactly the baselines it stands for (``eval.baselines``). Baselines
+    trained in another run (their files copied over) get that run's command."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for b in from_scratch(run):
         origin = b.get("origin", {})
         key = origin.get("export") if origin.get("kind") == "export backbone" else origin.get("kind", "?")
-        groups.setdefault((int(b["epochs"]), str(key)), []).append(b)
+        groups.setdefault((b.get("run") or run.name, int(b["epochs"]), str(key)), []).append(b)
     lines = []
-    for (epochs, key), bs in sorted(groups.items()):
+    for (src, epochs, key), bs in sorted(groups.items(), key=lambda kv: (kv[0][0] != run.name, kv[0])):
+        cmd_base = base
+        if src != run.name:
+            lines.append(f"# trained in run {src} (same data and training settings), files copied to "
+                         f"{run.dir / 'baselines'}:")
+            cmd_base = f"--config {run.dir.parent / src / 'config.yaml'}"
         kind = bs[0].get("origin", {}).get("kind")
         which = {"hand-designed": "export.baselines=hand",
                  "front backbone": f"export.baselines=backbones export.max_baselines={len(bs)}",
@@ -913,7 +919,8 @@ def baseline_commands(run: RunData, base: str) -> list[str]:
                  "given arch": "export.baselines=archs 'export.baseline_archs=[" +
                                ", ".join(f'"{b["arch_str"]}"' for b in bs) + "]'",
                  "export backbone": str(run.dir / "export" / key)}.get(kind or "", "")
-        lines.append(" ".join(filter(None, ["nachos baseline", base, which, f"export.baseline_epochs={epochs}"])))
+        lines.append(" ".join(filter(None, ["nachos baseline", cmd_base, which,
+                                            f"export.baseline_epochs={epochs}"])))
     return lines
 
 
@@ -1006,7 +1013,10 @@ def baseline_lines(run: RunData) -> list[str]:
                 p = c["point"]
                 een = (f"{c['een'].id} ({p['label']}): {pct(p['accuracy'])} @ {mmacs(p['expected_macs'])} "
                        f"({points(c['gap'])})")
-            rows.append([b["tag"], b.get("origin", {}).get("kind", "?"), f"`{b.get('arch_str', '')}`", b["epochs"],
+            kind = b.get("origin", {}).get("kind", "?")
+            if b.get("run") not in (None, run.name):
+                kind += f", trained in run `{b['run']}`"
+            rows.append([b["tag"], kind, f"`{b.get('arch_str', '')}`", b["epochs"],
                          pct(b["test_accuracy"]), pct(b.get("val_accuracy")), mmacs(b["macs"]), f"{b['params']:,}",
                          duration(b.get("train_seconds")), b.get("device", "?"), een])
         lines += table(["baseline", "kind", "network", "epochs", "test acc", "val acc", "MACs", "params",

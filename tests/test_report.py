@@ -234,6 +234,13 @@ def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_
     # the given archs were never scored by the search: no empty rank-correlation table for them
     assert rank_correlation(run, 5)["pairs"] == []
     assert "Baselines trained 5 epochs from scratch: none has an inherited accuracy" in run_section(run, None)
+    # a baseline trained in another run and copied here: that run's command, after its own ones
+    (run_dir / "baselines" / "copied.json").write_text(json.dumps(dict(hand, tag="hand-e7", epochs=7, run="g")))
+    lines = baseline_commands(load_run(cfg, run_dir), "--config C")
+    assert lines[-2:] == [f"# trained in run g (same data and training settings), files copied to "
+                          f"{run_dir / 'baselines'}:",
+                          f"nachos baseline --config {tmp_path / 'g' / 'config.yaml'} export.baselines=hand "
+                          "export.baseline_epochs=7"]
 
 
 def test_scored_baselines_spread_over_the_searched_backbones(run_folder, tmp_path: Path) -> None:
