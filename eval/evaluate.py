@@ -250,22 +250,68 @@ def _apply_on_test(thresholds: list[float], test_pred: np.ndarray, test_conf: np
             "exit_rates": (counts / counts.sum()).tolist()}
 
 
+MAX_MARGIN_STEPS = 50  # raising the margin converges in a few steps; a cap keeps a bad case bounded
+
+
+def discordance_scorer(cache: Any, grid: np.ndarray, criterion: str, exit_costs: np.ndarray) -> Any:
+    """A scorer whose "accuracy" is the share of images on which the early-exit network and its final
+    classifier differ in being right: the second moment of the paired accuracy difference."""
+    from search.scoring import BackboneCache
+
+    flips = cache.correct != cache.correct[-1:]
+    disc = BackboneCache("discordance", cache.pred, cache.conf, cache.labels, _correct=flips)
+    return threshold_scorer(disc, grid, criterion, exit_costs)
+
+
+def paired_lower_bound(accuracy: float, final: float, discordance: float, n: int, z: float) -> float:
+    """One-sided lower bound of (early-exit accuracy - final classifier accuracy) on ``n`` paired
+    images: the mean difference minus ``z`` standard errors (the variance of a difference in
+    {-1, 0, 1} is its discordance minus its mean squared)."""
+    d = accuracy - final
+    return d - z * float(np.sqrt(max(discordance - d * d, 0.0) / n))
+
+
 def operating_point(scorer: Any, final_val: float, test_pred: np.ndarray, test_conf: np.ndarray,
                     labels: np.ndarray, criterion: str, exit_costs: np.ndarray, backbone_macs: float,
-                    max_drop: float) -> dict[str, Any]:
+                    max_drop: float, z: float = 0.0, discordance: Any = None) -> dict[str, Any]:
     """The export's own exits at the cheapest thresholds whose VALIDATION accuracy (``scorer``) is at
     most ``max_drop`` below its final classifier's ``final_val`` (what a deployer who may lose
     ``max_drop`` would pick), then scored on the test predictions (``test_pred`` (E+1, N),
     ``test_conf`` (E, N)). A head whose threshold never lets a sample out still costs its MACs: the
-    export's exit set is fixed."""
-    thresholds, _, val_acc, val_macs = choose_thresholds(scorer, min_accuracy=final_val - max_drop)
+    export's exit set is fixed.
+
+    With ``z`` > 0 (and ``discordance`` from ``discordance_scorer``) the drop must hold for the
+    one-sided bound of ``paired_lower_bound``, not the validation mean alone: the cheapest point
+    that barely passes on validation is the one most flattered by its noise. The accuracy asked of
+    validation rises to the last point's margin until a point passes; no early exit always does."""
+    n = scorer.n
+    margin, passed = 0.0, z <= 0
+    for _ in range(MAX_MARGIN_STEPS if z > 0 else 1):
+        want = final_val - max_drop + margin
+        thresholds, idx, val_acc, val_macs = choose_thresholds(scorer, min_accuracy=want)
+        bound = val_acc - final_val
+        if z <= 0 or val_acc < want - 1e-12:  # (with z: no thresholds reach the raised accuracy)
+            break
+        bound = paired_lower_bound(val_acc, final_val, float(discordance.score(np.asarray(idx)).accuracy[0]), n, z)
+        if bound >= -max_drop - 1e-12:
+            passed = True
+            break
+        margin = max(margin + 1.0 / n, (val_acc - final_val) - bound)  # the margin this point would have needed
+    if not passed:  # every image leaves at the final classifier
+        idx = [scorer.grid_size - 1] * scorer.k
+        thresholds = [float(scorer.grid[-1])] * scorer.k
+        s = scorer.score(np.asarray(idx))
+        val_acc, val_macs, bound = float(s.accuracy[0]), float(s.expected_cost[0]), 0.0
     test = _apply_on_test(thresholds, test_pred, test_conf, labels, criterion, exit_costs)
     final_test = float((test_pred[-1] == labels).mean())
     test.update(final_classifier_accuracy=final_test, loss_vs_final=final_test - test["accuracy"],
                 saving_vs_backbone=1.0 - test["expected_macs"] / backbone_macs)
-    return {"rule": "cheapest thresholds with validation accuracy >= final classifier - max_accuracy_drop",
-            "max_accuracy_drop": max_drop, "thresholds": thresholds,
-            "val": {"accuracy": val_acc, "expected_macs": val_macs, "final_classifier_accuracy": final_val},
+    rule = "cheapest thresholds with validation accuracy >= final classifier - max_accuracy_drop"
+    if z > 0:
+        rule += f", for the mean minus {z:g} standard errors of the paired difference"
+    return {"rule": rule, "max_accuracy_drop": max_drop, "z": z, "thresholds": thresholds,
+            "val": {"accuracy": val_acc, "expected_macs": val_macs, "final_classifier_accuracy": final_val,
+                    "lower_bound_of_difference": bound},
             "test": test}
 
 
@@ -330,9 +376,10 @@ def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
     val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed, mean=mean, std=std)
     val_cache = validation_cache(model, val_loader)  # one scorer for the operating point and every budget
     scorer = threshold_scorer(val_cache, deployment_grid(src), model.criterion, costs)
-    result["operating_point"] = operating_point(scorer, float(val_cache.correct[-1].mean()), all_pred, conf, labels,
-                                                model.criterion, costs, float(m["macs"]["backbone"]),
-                                                cfg.export.max_accuracy_drop)
+    result["operating_point"] = operating_point(
+        scorer, float(val_cache.correct[-1].mean()), all_pred, conf, labels, model.criterion, costs,
+        float(m["macs"]["backbone"]), cfg.export.max_accuracy_drop, cfg.export.drop_confidence,
+        discordance_scorer(val_cache, deployment_grid(src), model.criterion, costs))
     result["tradeoff"] = tradeoff_curve(scorer, all_pred, conf, labels, model.criterion, costs)
     result["seconds_accuracy_pass"] = time.perf_counter() - t0
     k = min(cfg.export.latency_images, n)
@@ -390,7 +437,9 @@ def markdown(result: dict[str, Any], m: dict[str, Any]) -> str:
         t = op["test"]
         lines += ["", f"Operating point within {100 * op['max_accuracy_drop']:g} points of the final classifier "
                       f"(thresholds {op['thresholds']}, the cheapest on the validation split whose accuracy is at "
-                      f"most that below the final classifier's {op['val']['final_classifier_accuracy']:.4f}): "
+                      f"most that below the final classifier's {op['val']['final_classifier_accuracy']:.4f}"
+                      + (f", for the mean minus {op['z']:g} standard errors of the paired difference"
+                         if op.get("z") else "") + "): "
                       f"test accuracy {t['accuracy']:.4f} (final classifier {t['final_classifier_accuracy']:.4f}) "
                       f"at {t['expected_macs'] / 1e6:.4f} M expected MACs, {100 * t['saving_vs_backbone']:.1f}% "
                       f"below the backbone; exit rates {[round(x, 3) for x in t['exit_rates']]}."]

@@ -157,6 +157,9 @@ class ExportConfig:
     max_accuracy_drop: float = _f(0.005, lo=0.0, hi=1.0, help="exits chosen for a fixed backbone (export.select=hand, "
                                   "eval's operating point): the cheapest exits and thresholds whose validation "
                                   "accuracy is at most this below the network's own final classifier")
+    drop_confidence: float = _f(1.645, lo=0.0, hi=10.0, help="eval's operating point: max_accuracy_drop must hold for "
+                                "the validation difference minus this many standard errors (paired, so noise does "
+                                "not pick the point; 1.645 = one-sided 95%, 0 = the mean alone)")
     hand_exits: list[int] = _f(default_factory=list, help="export.select=hand: these exit positions exactly, their "
                                "thresholds still chosen by max_accuracy_drop (empty = the cheapest subset of all); the "
                                "export is named hand-exits-<p1>-<p2>..")

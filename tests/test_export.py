@@ -418,6 +418,54 @@ def test_eval_on_the_test_split_writes_reports(exported) -> None:
     assert curve[-1]["test"]["accuracy"] == pytest.approx(float((pred == labels).mean()), abs=1e-12)
 
 
+def _noisy_cache(n: int = 400, seed: int = 0):
+    """Two exits whose accuracy falls with confidence slowly, so that many cheap thresholds sit
+    near the drop budget on validation by chance."""
+    from search.scoring import BackboneCache
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    conf = rng.random((3, n)).astype(np.float32)
+    conf[-1] = 1.0
+    right = rng.random((3, n)) < np.array([[0.6], [0.75], [0.85]]) + 0.15 * conf
+    pred = np.where(right, labels, (labels + 1) % 10).astype(np.int16)
+    return BackboneCache("noisy", pred, conf, labels)
+
+
+def test_operating_point_holds_the_drop_for_a_paired_lower_bound() -> None:
+    from eval.evaluate import discordance_scorer, operating_point, threshold_scorer
+    from exits.policies import decide_exits_np
+
+    grid, costs = np.round(np.linspace(0.0, 1.0, 21), 6), np.array([1.0, 2.0, 3.0])
+    for seed in range(3):
+        val, test = _noisy_cache(seed=seed), _noisy_cache(seed=seed + 10)
+        sc = threshold_scorer(val, grid, "softmax", costs)
+        dc = discordance_scorer(val, grid, "softmax", costs)
+        final = float(val.correct[-1].mean())
+        args = (sc, final, test.pred, test.conf[:-1], test.labels, "softmax", costs, 3.0, 0.02)
+        plain = operating_point(*args)
+        for z in (1.0, 1.645, 2.33):
+            op = operating_point(*args, z=z, discordance=dc)
+            # the bound, recomputed image by image from the chosen thresholds
+            taken = decide_exits_np(val.conf[:-1], np.asarray(op["thresholds"]), "softmax")
+            d = val.correct[taken, np.arange(val.num_samples)].astype(float) - val.correct[-1]
+            bound = d.mean() - z * d.std() / np.sqrt(len(d))
+            assert op["val"]["lower_bound_of_difference"] == pytest.approx(bound, abs=1e-9)
+            assert bound >= -0.02 - 1e-12 and op["val"]["accuracy"] == pytest.approx(final + d.mean())
+            assert op["val"]["expected_macs"] >= plain["val"]["expected_macs"] - 1e-9  # a margin costs MACs
+        assert plain["val"]["lower_bound_of_difference"] < -0.02 + 0.005  # z = 0: the mean alone, near the budget
+    # exits wrong wherever the final classifier is right: with a wide bound no exit may take an
+    # image, so every image goes to the final classifier
+    val.pred[:2] = np.where(val.correct[-1], (val.labels + 1) % 10, val.labels)
+    val._correct = None
+    sc, dc = threshold_scorer(val, grid, "softmax", costs), discordance_scorer(val, grid, "softmax", costs)
+    args = (sc, final, *args[2:-1], 0.05)
+    op = operating_point(*args, z=50.0, discordance=dc)
+    assert op["thresholds"] == [1.0, 1.0] and op["val"]["expected_macs"] == 3.0
+    assert op["val"]["accuracy"] == pytest.approx(final) and op["test"]["exit_rates"] == [0.0, 0.0, 1.0]
+    assert operating_point(*args)["val"]["expected_macs"] < 3.0  # the mean alone lets some out
+
+
 @pytest.mark.slow
 def test_hand_designed_network_gets_the_cheapest_exits_within_the_drop(exported, tmp_path: Path) -> None:
     from eval.baselines import hand_designed_arch
