@@ -455,7 +455,8 @@ def exit_ablation_test(run: RunData, curves: bool = False) -> list[dict[str, Any
         points_ = [("export", float(ev["accuracy"]), float(ev["expected_macs"]))]
         op = ev.get("operating_point")
         if op:
-            points_.append((f"within {100 * op['max_accuracy_drop']:g} pt on val", float(op["test"]["accuracy"]),
+            bound = f" at {op['z']:g} SE" if op.get("z") else ""
+            points_.append((f"within {100 * op['max_accuracy_drop']:g} pt on val{bound}", float(op["test"]["accuracy"]),
                             float(op["test"]["expected_macs"])))
         points_ += [(f"curve {p['thresholds']}", float(p["test"]["accuracy"]), float(p["test"]["expected_macs"]))
                     for p in (ev.get("tradeoff") or []) if curves]
