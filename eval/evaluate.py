@@ -271,6 +271,28 @@ def paired_lower_bound(accuracy: float, final: float, discordance: float, n: int
     return d - z * float(np.sqrt(max(discordance - d * d, 0.0) / n))
 
 
+def bounded_thresholds(scorer: Any, discordance: Any, final_val: float, max_drop: float,
+                       z: float) -> tuple[list[float], float, float, float]:
+    """The cheapest thresholds whose ``paired_lower_bound`` on validation is at most ``max_drop``
+    below the final classifier: (thresholds, val accuracy, val expected cost, bound). The accuracy
+    asked of ``choose_thresholds`` rises to the margin each rejected point would have needed; when
+    nothing passes, every image leaves at the final classifier (the deployment grid's top value,
+    1.0, lets none out early), whose difference is 0."""
+    margin = 0.0
+    for _ in range(MAX_MARGIN_STEPS):
+        want = final_val - max_drop + margin
+        thresholds, idx, val_acc, val_macs = choose_thresholds(scorer, min_accuracy=want)
+        if val_acc < want - 1e-12:  # no thresholds reach the raised accuracy
+            break
+        disc = float(discordance.score(np.asarray(idx)).accuracy[0])
+        bound = paired_lower_bound(val_acc, final_val, disc, scorer.n, z)
+        if bound >= -max_drop - 1e-12:
+            return thresholds, val_acc, val_macs, bound
+        margin = max(margin + 1.0 / scorer.n, (val_acc - final_val) - bound)
+    s = scorer.score(np.full(scorer.k, scorer.grid_size - 1))
+    return [float(scorer.grid[-1])] * scorer.k, float(s.accuracy[0]), float(s.expected_cost[0]), 0.0
+
+
 def operating_point(scorer: Any, final_val: float, test_pred: np.ndarray, test_conf: np.ndarray,
                     labels: np.ndarray, criterion: str, exit_costs: np.ndarray, backbone_macs: float,
                     max_drop: float, z: float = 0.0, discordance: Any = None) -> dict[str, Any]:
@@ -281,27 +303,14 @@ def operating_point(scorer: Any, final_val: float, test_pred: np.ndarray, test_c
     export's exit set is fixed.
 
     With ``z`` > 0 (and ``discordance`` from ``discordance_scorer``) the drop must hold for the
-    one-sided bound of ``paired_lower_bound``, not the validation mean alone: the cheapest point
-    that barely passes on validation is the one most flattered by its noise. The accuracy asked of
-    validation rises to the last point's margin until a point passes; no early exit always does."""
-    n = scorer.n
-    margin, passed = 0.0, z <= 0
-    for _ in range(MAX_MARGIN_STEPS if z > 0 else 1):
-        want = final_val - max_drop + margin
-        thresholds, idx, val_acc, val_macs = choose_thresholds(scorer, min_accuracy=want)
+    one-sided bound of ``paired_lower_bound``, not the validation mean alone
+    (``bounded_thresholds``): the cheapest point that barely passes on validation is the one most
+    flattered by its noise."""
+    if z > 0:
+        thresholds, val_acc, val_macs, bound = bounded_thresholds(scorer, discordance, final_val, max_drop, z)
+    else:
+        thresholds, _, val_acc, val_macs = choose_thresholds(scorer, min_accuracy=final_val - max_drop)
         bound = val_acc - final_val
-        if z <= 0 or val_acc < want - 1e-12:  # (with z: no thresholds reach the raised accuracy)
-            break
-        bound = paired_lower_bound(val_acc, final_val, float(discordance.score(np.asarray(idx)).accuracy[0]), n, z)
-        if bound >= -max_drop - 1e-12:
-            passed = True
-            break
-        margin = max(margin + 1.0 / n, (val_acc - final_val) - bound)  # the margin this point would have needed
-    if not passed:  # every image leaves at the final classifier
-        idx = [scorer.grid_size - 1] * scorer.k
-        thresholds = [float(scorer.grid[-1])] * scorer.k
-        s = scorer.score(np.asarray(idx))
-        val_acc, val_macs, bound = float(s.accuracy[0]), float(s.expected_cost[0]), 0.0
     test = _apply_on_test(thresholds, test_pred, test_conf, labels, criterion, exit_costs)
     final_test = float((test_pred[-1] == labels).mean())
     test.update(final_classifier_accuracy=final_test, loss_vs_final=final_test - test["accuracy"],
@@ -375,11 +384,12 @@ def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
     }
     val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed, mean=mean, std=std)
     val_cache = validation_cache(model, val_loader)  # one scorer for the operating point and every budget
-    scorer = threshold_scorer(val_cache, deployment_grid(src), model.criterion, costs)
+    grid, z = deployment_grid(src), cfg.export.drop_confidence
+    scorer = threshold_scorer(val_cache, grid, model.criterion, costs)
     result["operating_point"] = operating_point(
         scorer, float(val_cache.correct[-1].mean()), all_pred, conf, labels, model.criterion, costs,
-        float(m["macs"]["backbone"]), cfg.export.max_accuracy_drop, cfg.export.drop_confidence,
-        discordance_scorer(val_cache, deployment_grid(src), model.criterion, costs))
+        float(m["macs"]["backbone"]), cfg.export.max_accuracy_drop, z,
+        discordance_scorer(val_cache, grid, model.criterion, costs) if z > 0 else None)
     result["tradeoff"] = tradeoff_curve(scorer, all_pred, conf, labels, model.criterion, costs)
     result["seconds_accuracy_pass"] = time.perf_counter() - t0
     k = min(cfg.export.latency_images, n)
