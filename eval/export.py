@@ -393,18 +393,22 @@ class Exporter:
         return EarlyExitModel(net, thresholds, self.criterion, s.mean, s.std).eval(), thresholds, source
 
     def hand_record(self) -> Record:
-        """The space's hand-designed network as a solution record: the cheapest exits and thresholds
-        (every subset of its exit positions) whose validation accuracy from the supernet's weights is
-        at most ``export.max_accuracy_drop`` below its own final classifier's, scored as the search
-        scores (BN recalibration, prediction cache)."""
+        """The space's hand-designed network (or ``export.hand_arch``) as a solution record: the
+        cheapest exits and thresholds (every subset of its exit positions) whose validation accuracy
+        from the supernet's weights is at most ``export.max_accuracy_drop`` below its own final
+        classifier's, scored as the search scores (BN recalibration, prediction cache)."""
         from eval.baselines import hand_designed_arch
         from eval.evaluate import search_grid
         from search.scoring import cheapest_exit_configuration
 
-        arch = hand_designed_arch(self.space)
+        named = self.cfg.export.hand_arch.strip()
+        try:
+            arch = self.space.parse_arch(named) if named else hand_designed_arch(self.space)
+        except ValueError as err:
+            raise RunError(f"export.hand_arch: {err}; copy an arch from a report or log of this space") from None
         available, fixed = self.space.available_exits(arch), sorted(set(self.cfg.export.hand_exits))
         if not set(fixed) <= set(available):
-            raise RunError(f"export.hand_exits={fixed}: the hand-designed network {arch} has exit positions "
+            raise RunError(f"export.hand_exits={fixed}: the network {arch} has exit positions "
                            f"{list(available)} only; pick among them, or leave export.hand_exits empty")
         cache = self.backend.prediction_cache(arch)
         final = float(cache.correct[-1].mean())
@@ -413,7 +417,7 @@ class Exporter:
             search_grid(self.cfg), self.criterion, final - self.cfg.export.max_accuracy_drop, every_subset=not fixed)
         exits = tuple(best["exits"])
         counts = np.asarray(best["counts"], dtype=np.float64)
-        name = "hand-exits" + "".join(f"-{p}" for p in fixed)
+        name = ("arch-" + arch.key()[:6] if named else "hand") + "-exits" + "".join(f"-{p}" for p in fixed)
         return {"name": name, "algorithm": "hand", "arch": arch.to_dict(), "exits": best["exits"],
                 "thresholds": best["thresholds"], "threshold_idx": best["threshold_idx"],
                 "accuracy": best["accuracy"], "expected_macs": best["expected_cost"],
@@ -522,9 +526,10 @@ def write_index(cfg: Config) -> Path:
 def run_export(cfg: Config, config_path: str | None = None, select: str | None = None) -> list[Path]:
     select = select or cfg.export.select
     hand = select.strip().lower() == "hand"
-    if cfg.export.hand_exits and not hand:
-        raise RunError(f"export.hand_exits={cfg.export.hand_exits} applies to the hand-designed network only; add "
-                       f"export.select=hand, or drop export.hand_exits to export the search's solutions ({select})")
+    for key, value in (("hand_exits", cfg.export.hand_exits), ("hand_arch", cfg.export.hand_arch)):
+        if value and not hand:
+            raise RunError(f"export.{key}={value} applies to export.select=hand only; add export.select=hand, or "
+                           f"drop export.{key} to export the search's solutions ({select})")
     exporter = Exporter(cfg, config_path, needs_search=not hand)
     if hand:
         folders = [exporter.export(None, exporter.hand_record())]

@@ -654,8 +654,8 @@ def goal_baselines(run: RunData) -> Goal:
     hand_part = ""
     if any(not searched(e) for e in evaluated(run)):
         _, detail_all = verdict([c for c in baseline_comparison(run) if c["rival"]])
-        hand_part = ("the hand-designed backbone with the exits and thresholds nachos chose for it "
-                     f"(`export.select=hand`): {detail_all}")
+        hand_part = ("backbones chosen by hand (`export.select=hand`: the space's hand-designed network or "
+                     f"`export.hand_arch`) with the exits and thresholds nachos chose for them: {detail_all}")
     if not any(searched(e) for e in evaluated(run)):
         return Goal(text, "not run", "no evaluated EEN with a searched backbone in this run" +
                     (f"; counting {hand_part}" if hand_part else ""))
@@ -874,11 +874,13 @@ def setup_lines(run: RunData) -> list[str]:
         hand = any(e.candidate[0] == "hand" for e in run.exports)
         for sel in (select.split(",") if select != "all" else ["all"]) if exported or not hand else []:
             lines.append(f"nachos export {base} export.select={sel}")
-        fixed = sorted({tuple(e.manifest.get("config", {}).get("export", {}).get("hand_exits") or ())
-                        for e in run.exports if e.candidate[0] == "hand" and not e.finetuned})
-        for exits in fixed:
+        fixed = sorted({(tuple(ex.get("hand_exits") or ()), ex.get("hand_arch") or "")
+                        for ex in (e.manifest.get("config", {}).get("export", {})
+                                   for e in run.exports if e.candidate[0] == "hand" and not e.finetuned)})
+        for exits, named in fixed:
             lines.append(f"nachos export {base} export.select=hand"
-                         + (f" 'export.hand_exits=[{','.join(map(str, exits))}]'" if exits else ""))
+                         + (f" 'export.hand_exits=[{','.join(map(str, exits))}]'" if exits else "")
+                         + (f" 'export.hand_arch={named}'" if named else ""))
         for e in sorted((e for e in run.exports if e.finetuned), key=lambda e: e.id):
             ft = e.manifest["finetune"]
             init = ft.get("init", "inherited")

@@ -163,6 +163,10 @@ class ExportConfig:
     hand_exits: list[int] = _f(default_factory=list, help="export.select=hand: these exit positions exactly, their "
                                "thresholds still chosen by max_accuracy_drop (empty = the cheapest subset of all); the "
                                "export is named hand-exits-<p1>-<p2>..")
+    hand_arch: str = _f("", help="export.select=hand: this network, written as reports print it ('w16[k3e1] "
+                        "w24[k3e3,k3e3] ... f128'), instead of the space's hand-designed one: say, a backbone larger "
+                        "than the expected-MAC budget whose exits bring it under; the export is named "
+                        "arch-<6 hex of its key>-exits-<p1>-..")
     onnx: bool = _f(True, help="also write ONNX segment graphs")
     torchscript: bool = _f(True, help="also write a TorchScript early-exit model")
     onnx_opset: int = _f(17, lo=13, hi=21, help="ONNX opset of the segment and head graphs")

@@ -492,6 +492,7 @@ def test_hand_designed_network_gets_the_cheapest_exits_within_the_drop(exported,
 @pytest.mark.slow
 def test_hand_designed_network_with_the_exits_given_needs_no_search(exported, tmp_path: Path) -> None:
     from eval.baselines import hand_designed_arch
+    from supernet.space import Arch
 
     cfg0, _, _ = exported
     space = SearchSpace.from_config(cfg0.space)
@@ -499,7 +500,7 @@ def test_hand_designed_network_with_the_exits_given_needs_no_search(exported, tm
     last = space.available_exits(arch)[-1]
     cfg = _cfg(tmp_path, f"export.hand_exits=[{last}]", "export.onnx=false", "export.torchscript=false")
     shutil.copytree(cfg0.run_dir, cfg.run_dir, ignore=shutil.ignore_patterns("export", "search"))
-    with pytest.raises(RunError, match=r"export.hand_exits=\[\d\] applies to the hand-designed network only"):
+    with pytest.raises(RunError, match=r"export.hand_exits=\[\d\] applies to export.select=hand only"):
         run_export(cfg, TINY, select="best")
     with pytest.raises(RunError, match="no search result"):  # the front still needs one
         run_export(_cfg(tmp_path), TINY, select="best")
@@ -508,8 +509,22 @@ def test_hand_designed_network_with_the_exits_given_needs_no_search(exported, tm
     assert folder.name == f"hand-exits-{last}" and m["exits"] == [last] and m["source"]["search"] is None
     assert len(m["thresholds"]) == 1 and m["validation"]["same_exits_as_search"] == 1.0
     bad = _cfg(tmp_path, "export.hand_exits=[99]", "export.onnx=false", "export.torchscript=false")
-    with pytest.raises(RunError, match=r"export.hand_exits=\[99\]: the hand-designed network .* has exit positions"):
+    with pytest.raises(RunError, match=r"export.hand_exits=\[99\]: the network .* has exit positions"):
         run_export(bad, TINY, select="hand")
+    # a network the user names instead of the hand-designed one: same exits rule, its own name
+    other = space.largest()
+    assert other != arch
+    named = _cfg(tmp_path, f"export.hand_exits=[{last}]", f"export.hand_arch='{other}'", "export.onnx=false",
+                 "export.torchscript=false")
+    with pytest.raises(RunError, match=r"export.hand_arch=.* applies to export.select=hand only"):
+        run_export(_cfg(tmp_path, f"export.hand_arch='{other}'"), TINY, select="best")
+    folder = run_export(named, TINY, select="hand")[0]
+    m = json.loads((folder / "arch.json").read_text())
+    assert folder.name == f"arch-{other.key()[:6]}-exits-{last}" and Arch.from_dict(m["arch"]) == other
+    assert m["exits"] == [last] and m["source"]["algorithm"] == "hand"
+    typo = _cfg(tmp_path, f"export.hand_arch='{str(other).replace('f', 'f9')}'")
+    with pytest.raises(RunError, match="export.hand_arch: .*final_width.*not allowed.*copy an arch from a report"):
+        run_export(typo, TINY, select="hand")
 
 
 def test_eval_without_exports_names_the_fix(tmp_path: Path) -> None:

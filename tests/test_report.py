@@ -358,7 +358,7 @@ def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_fo
     # a hand-designed backbone with exits chosen by nachos is told apart from searched EENs
     e.manifest["source"]["algorithm"] = "hand"
     g = goal_baselines(run)
-    searched_part, hand_part = g.detail.split("Counting also the hand-designed backbone")
+    searched_part, hand_part = g.detail.split("Counting also backbones chosen by hand")
     assert g.status == "missed" and "thresholds [0.3]" not in searched_part and "thresholds [0.3]" in hand_part
     # with no searched backbone evaluated at all the goal is not judged, and the hand network is still reported
     run.exports = [x for x in run.exports if not searched(x)]
@@ -494,6 +494,15 @@ def test_finetuned_exports_get_their_own_rows_next_to_their_parent(run_folder, t
     cmds = [ln for ln in setup_lines(run) if ln.startswith("nachos finetune ")]
     assert cmds[0].endswith(f"{run_dir / 'export' / exports[0]} export.finetune_epochs=7 export.finetune_lr=0.01")
     assert cmds[1].endswith(f"{run_dir / 'export' / exports[0]} export.finetune_epochs=7 export.finetune_init=scratch")
+    # an export of a network named by hand is regenerated with its name (export.hand_arch)
+    named = run_dir / "export" / exports[1] / "arch.json"
+    m = json.loads(named.read_text())
+    m["source"]["algorithm"] = "hand"
+    m.setdefault("config", {}).setdefault("export", {}).update(hand_exits=[1], hand_arch=m["arch_str"])
+    named.write_text(json.dumps(m))
+    cmds = [ln for ln in setup_lines(load_run(cfg, run_dir)) if "export.select=hand" in ln]
+    assert len(cmds) == 1 and cmds[0].endswith(f" export.select=hand 'export.hand_exits=[1]' "
+                                               f"'export.hand_arch={m['arch_str']}'")
 
 
 def test_baseline_of_one_export_trains_exactly_its_backbone(run_folder, tmp_path: Path,
