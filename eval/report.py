@@ -1261,15 +1261,24 @@ def recipe_key(run: RunData) -> str:
     return json.dumps({k: run.config_dict.get(k) for k in RECIPE_SECTIONS}, sort_keys=True, default=str)
 
 
+def short_of_static(run: RunData, e: Export) -> bool:
+    """Whether the export holds a supernet's inherited weights trained for fewer epochs than the
+    static network of its backbone: say, a 1-epoch supernet used only to write an export for
+    `nachos finetune`; such weights say nothing about goal 3."""
+    b = static_of(run, e.manifest.get("arch_key"))
+    return b is not None and not e.finetuned and run.cfg.train.epochs < b["epochs"]
+
+
 def seed_repeats(runs: list[RunData]) -> list[tuple[str, list[tuple[RunData, Export]]]]:
     """(export id, [(run, export), ...]) for each evaluated export id that at least two runs of one
-    recipe with different seeds hold, in the order the runs were given."""
+    recipe with different seeds hold, in the order the runs were given (``short_of_static`` ones
+    left out)."""
     groups: dict[tuple[str, str], list[tuple[RunData, Export]]] = {}
     for run in runs:
         if not run.has_config:
             continue
         for e in evaluated(run):
-            if e.eval.get("exit_accuracy_all_samples"):
+            if e.eval.get("exit_accuracy_all_samples") and not short_of_static(run, e):
                 groups.setdefault((recipe_key(run), e.id), []).append((run, e))
     return [(eid, members) for (_, eid), members in groups.items()
             if len({run.cfg.seed for run, _ in members}) >= 2]
@@ -1332,10 +1341,13 @@ def repeat_lines(runs: list[RunData]) -> list[str]:
             ["run", "seed", "static network (no exits)", "final classifier", "first exit",
              f"largest saving within {100 * GOAL_MAX_LOSS:g} pt (test curve)", "goal 3",
              "point chosen on validation alone (test)"], rows) + [""]
+    short = [f"{run.name}/{e.id}" for run in runs if run.has_config for e in evaluated(run) if short_of_static(run, e)]
     if out:
         out = ["Losses and savings are against the better of the export's own final classifier and the "
                "static network of its backbone (goal 3); a seed without a point within the budget counts "
-               "as 0% saving in the mean.", ""] + out
+               "as 0% saving in the mean." + (" Left out: " + ", ".join(f"`{i}`" for i in short) +
+                                               " (inherited weights of a supernet trained fewer epochs than the "
+                                               "static network)." if short else ""), ""] + out
     return out[:-1] if out else out
 
 

@@ -644,22 +644,26 @@ def _plant_repeat(out: Path, name: str, seed: int, alone: float, first: float, p
     if static is not None:
         (cfg.run_dir / "baselines").mkdir()
         (cfg.run_dir / "baselines" / "hand.json").write_text(json.dumps(
-            dict(static, tag="hand", arch_key="k", arch_str="w16[k3e1] f64", epochs=100, macs=1e6)))
+            dict({"epochs": cfg.train.epochs}, **static, tag="hand", arch_key="k", arch_str="w16[k3e1] f64",
+                 macs=1e6)))
     return cfg
 
 
 def test_repeats_across_seeds_pool_one_recipe_and_keep_each_seed(tmp_path: Path) -> None:
     # seed 0: 35% saved at 0.4 points below its static network (80.5%, copied from run g): met
     a = _plant_repeat(tmp_path, "a", 0, 0.80, 0.70, [(0.798, 0.9e6), (0.801, 0.65e6), (0.79, 0.5e6)],
-                      (0.79, 0.5e6), {"test_accuracy": 0.805, "run": "g"}, "export.report_runs=[b,c]")
+                      (0.79, 0.5e6), {"test_accuracy": 0.805, "run": "g"}, "export.report_runs=[b,c,d]")
     # seed 1, no static network: no point within 0.5 points of its own final classifier: missed, 0% saved
     _plant_repeat(tmp_path, "b", 1, 0.81, 0.72, [(0.804, 0.95e6), (0.80, 0.8e6)], (0.80, 0.7e6), None)
     # another recipe (exit loss weights differ): not a repeat of a and b, though it shares the export id
     _plant_repeat(tmp_path, "c", 2, 0.99, 0.99, [(0.99, 0.1e6)], (0.99, 0.1e6), None, "exits.w_macs=0.0")
+    # a 1-epoch supernet's weights against a static network trained longer: left out, and said so
+    _plant_repeat(tmp_path, "d", 3, 0.30, 0.20, [(0.3, 0.5e6)], (0.3, 0.5e6), {"test_accuracy": 0.8, "epochs": 99})
     path, _ = write_report(a)
     sec = _section(path.read_text(), "seeds:a")
     rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in sec.splitlines() if ln.startswith("| ")}
-    assert "| `c`" not in rows and "### `hand-x`" in sec
+    assert "| `c`" not in rows and "| `d`" not in rows and "### `hand-x`" in sec
+    assert "Left out: `d/hand-x` (inherited weights of a supernet trained fewer epochs" in sec
     assert rows["| `a`"][1:] == ["0", "80.50% (from `g`)", "80.00%", "70.00%",
                                  "35.0%: 80.10% at 0.650 M (-0.40 points)", "met",
                                  "79.00% at 0.500 M (-1.50 points) |"]
