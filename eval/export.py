@@ -402,10 +402,12 @@ class Exporter:
         from search.scoring import cheapest_exit_configuration
 
         named = self.cfg.export.hand_arch.strip()
-        try:
-            arch = self.space.parse_arch(named) if named else hand_designed_arch(self.space)
-        except ValueError as err:
-            raise RunError(f"export.hand_arch: {err}; copy an arch from a report or log of this space") from None
+        arch = hand_designed_arch(self.space)
+        if named:  # only the user's string can be wrong here; the hand-designed rule always fits its space
+            try:
+                arch = self.space.parse_arch(named)
+            except ValueError as err:
+                raise RunError(f"export.hand_arch: {err}; copy an arch from a report or log of this space") from None
         available, fixed = self.space.available_exits(arch), sorted(set(self.cfg.export.hand_exits))
         if not set(fixed) <= set(available):
             raise RunError(f"export.hand_exits={fixed}: the network {arch} has exit positions "
