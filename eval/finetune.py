@@ -163,7 +163,10 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     splits = load_splits(src)
     loader = make_loader(src, splits.train_x, splits.train_y, device, train=True, seed=src.seed,
                          mean=splits.mean, std=splits.std)
-    net = model.static_net().to(device)
+    # channels_last as the supernet and the static baselines train: on CPU too, oneDNN's depthwise and 1x1
+    # convolutions run a training step of the hand network ~1.8x faster in it
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    net = model.static_net().to(device, memory_format=memory_format)
     net.backbone_grad = src.exits.backbone_grad
     backbone = net.backbone_modules()
     for m in backbone if frozen_backbone else []:
@@ -178,7 +181,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     arch = Arch.from_dict(model.description()["arch"])
     autocast = autocast_factory(device, tc.amp)
     if teacher is not None:
-        teacher = teacher.to(device).eval().requires_grad_(False)
+        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
     step, start, seconds, history = 0, 0, 0.0, []
     ckpt = resume_training(ckpt_path, fingerprint, {"model": net, "optimizer": optimizer, "loader": loader})
     if ckpt is not None:
@@ -194,6 +197,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
                          disable=not sys.stderr.isatty()):
             scheduler.step_update(step)
             optimizer.zero_grad(set_to_none=True)
+            x = x.contiguous(memory_format=memory_format)
             target = None
             if teacher is not None:
                 with torch.no_grad(), autocast():

@@ -275,6 +275,30 @@ def test_backbone_grad_is_set_while_training_and_named_and_the_export_runs_at_on
     assert load_exported(out).static_net().backbone_grad == 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_finetune_trains_in_the_configured_memory_format_and_exports_contiguous_weights(
+        exported, tmp_path: Path, monkeypatch, channels_last: bool) -> None:
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_epochs=1", f"export.onnx={channels_last}")
+    parent = _copy(parent, run)
+    # the training settings are the export's own (its run's config), so the format is set there
+    m = json.loads((parent / "arch.json").read_text())
+    m["config"]["train"]["channels_last"] = channels_last
+    (parent / "arch.json").write_text(json.dumps(m))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    seen = _record_member_loss(monkeypatch, lambda net, arch, x, *_: (
+        x.is_contiguous(memory_format=fmt),
+        all(p.is_contiguous(memory_format=fmt) for p in net.parameters() if p.dim() == 4)))
+    out = ft.finetune_export(parent, run)
+    # every batch and every conv weight trains in the configured format (channels_last: ~1.8x on CPU)
+    assert seen and set(seen) == {(True, True)}
+    # a channels_last network exports as any other: ONNX agrees with torch, TorchScript loads
+    checks = json.loads((out / "arch.json").read_text())["checks"]
+    assert checks["safetensors_max_abs_diff"] < 1e-5 and checks["torchscript_max_abs_diff"] < 1e-4
+    assert not channels_last or checks["onnx_max_abs_diff"] < 1e-4
+
+
 def test_exit_weight_scales_the_exit_losses_and_names_the_export(exported, tmp_path: Path, monkeypatch) -> None:
     cfg, parent = _two_exit_export(exported)
     run = _cfg(tmp_path, "export.finetune_init=scratch", "export.finetune_epochs=1", "export.finetune_exit_weight=0.3",
