@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import bench_line
+from bench import bench_line, one_thread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,6 +111,7 @@ def build_stand_in(folder: Path, quick: bool) -> Path:
     return write_export(folder, model, manifest, torchscript=False, onnx=False, opset=17)
 
 
+@one_thread()
 def run(args: argparse.Namespace) -> None:
     from eval.evaluate import source_config, test_order, time_pair
     from eval.export import load_exported, read_manifest
@@ -119,8 +120,6 @@ def run(args: argparse.Namespace) -> None:
 
     quick = bool(getattr(args, "quick", False))
     n_lat, n_macs = (100, 2000) if quick else (300, 10000)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory(prefix="nachos-bench-")
     try:
         folder = find_trained_export()
@@ -181,7 +180,6 @@ def run(args: argparse.Namespace) -> None:
         bench_line("early_exit_latency_ratio", ee / full, "x", "<=", 1.0)
         bench_line("expected_macs_prediction_error", 100 * abs(predicted - observed) / observed, "%", "<=", 1)
     finally:
-        torch.set_num_threads(threads)
         tmp.cleanup()
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import bench_line
+from bench import bench_line, one_thread
 from nachos.config import load_config
 from supernet.costs import MacTable, count_macs, profile_exit_costs, random_exit_set
 from supernet.network import create_supernet
@@ -28,53 +28,49 @@ from supernet.network import create_supernet
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml"
 
 
+@one_thread()  # batch-1 counting of tiny modules only loses to intra-op threads
 def run(args: argparse.Namespace) -> None:
     quick = bool(getattr(args, "quick", False))
     samples = 20 if quick else 200
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # batch-1 counting of tiny modules only loses to intra-op threads
-    try:
-        cfg = load_config(CONFIG, device_type="cpu")
-        torch.manual_seed(0)
-        supernet = create_supernet(cfg).eval()
-        space = supernet.space
-        start = time.perf_counter()
-        built = MacTable.build(space, cfg.exits, progress=False)
-        print(f"table: {len(built)} entries built in {time.perf_counter() - start:.1f} s", flush=True)
+    cfg = load_config(CONFIG, device_type="cpu")
+    torch.manual_seed(0)
+    supernet = create_supernet(cfg).eval()
+    space = supernet.space
+    start = time.perf_counter()
+    built = MacTable.build(space, cfg.exits, progress=False)
+    print(f"table: {len(built)} entries built in {time.perf_counter() - start:.1f} s", flush=True)
 
-        rng = random.Random(0)
-        pairs = [(a := space.sample(rng), random_exit_set(space, a, rng)) for _ in range(samples)]
-        count_s, err = 0.0, 0.0
-        counted = []
-        for arch, ids in pairs:
-            net = supernet.extract(arch, ids).eval()
-            start = time.perf_counter()
-            costs = profile_exit_costs(net)
-            count_s += time.perf_counter() - start
-            counted.append(costs)
-            whole = count_macs(net, net.segment_input_shapes[0])
-            err = max(err, abs(whole - built.peak_cost(arch, ids)))
+    rng = random.Random(0)
+    pairs = [(a := space.sample(rng), random_exit_set(space, a, rng)) for _ in range(samples)]
+    count_s, err = 0.0, 0.0
+    counted = []
+    for arch, ids in pairs:
+        net = supernet.extract(arch, ids).eval()
+        start = time.perf_counter()
+        costs = profile_exit_costs(net)
+        count_s += time.perf_counter() - start
+        counted.append(costs)
+        whole = count_macs(net, net.segment_input_shapes[0])
+        err = max(err, abs(whole - built.peak_cost(arch, ids)))
 
-        table = MacTable(space, cfg.exits, entries=built.entries)  # fresh: nothing memoised yet
-        start = time.perf_counter()
-        looked = [table.exit_costs(arch, ids) for arch, ids in pairs]
-        first_s = time.perf_counter() - start
-        # steady state of a search: block entries memoised by genes, but every arch new to the table
-        table = MacTable(space, cfg.exits, entries=built.entries)
-        for _ in range(500):
-            a = space.sample(rng)
-            table.exit_costs(a, random_exit_set(space, a, rng))
-        start = time.perf_counter()
-        for arch, ids in pairs:
-            table.exit_costs(arch, ids)
-        lookup_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for arch, ids in pairs:
-            table.exit_costs(arch, ids)
-        warm_s = time.perf_counter() - start
-        err = max(err, max(float(np.abs(a - b).max()) for a, b in zip(looked, counted)))
-    finally:
-        torch.set_num_threads(threads)
+    table = MacTable(space, cfg.exits, entries=built.entries)  # fresh: nothing memoised yet
+    start = time.perf_counter()
+    looked = [table.exit_costs(arch, ids) for arch, ids in pairs]
+    first_s = time.perf_counter() - start
+    # steady state of a search: block entries memoised by genes, but every arch new to the table
+    table = MacTable(space, cfg.exits, entries=built.entries)
+    for _ in range(500):
+        a = space.sample(rng)
+        table.exit_costs(a, random_exit_set(space, a, rng))
+    start = time.perf_counter()
+    for arch, ids in pairs:
+        table.exit_costs(arch, ids)
+    lookup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for arch, ids in pairs:
+        table.exit_costs(arch, ids)
+    warm_s = time.perf_counter() - start
+    err = max(err, max(float(np.abs(a - b).max()) for a, b in zip(looked, counted)))
     print(f"{samples} subnets: ptflops {samples / count_s:.1f} counts/s; table lookups of new archs "
           f"{samples / lookup_s:,.0f}/s ({samples / first_s:,.0f}/s on a fresh table, {samples / warm_s:,.0f}/s "
           "for archs already looked up)", flush=True)

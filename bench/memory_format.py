@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench import bench_line
+from bench import bench_line, one_thread
 from eval.baselines import hand_designed_arch
 from nachos.config import load_config
 from supernet.space import SearchSpace
@@ -33,16 +33,8 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
     return time.perf_counter() - start
 
 
+@one_thread()
 def run(args: argparse.Namespace) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as supernet_overhead: one thread keeps the ratio steady on a shared machine
-    try:
-        _run(args)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(args: argparse.Namespace) -> None:
     quick = bool(getattr(args, "quick", False))
     batch, warmup, repeats = (32, 1, 3) if quick else (256, 2, 7)
     cfg = load_config(CONFIG, ["exits.head_max_map=4"], device_type="cpu")

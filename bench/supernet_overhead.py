@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from bench import bench_line
+from bench import bench_line, one_thread
 from nachos.config import load_config
 from supernet.network import create_supernet
 from supernet.space import Arch
@@ -46,18 +46,8 @@ def _ratio(supernet: nn.Module, arch: Arch, x: torch.Tensor, warmup: int, repeat
     return min(elastic_t), min(static_t)
 
 
+@one_thread()
 def run(args: argparse.Namespace) -> None:
-    threads = torch.get_num_threads()
-    # one intra-op thread: with two, OpenMP workers waiting on each other while other processes
-    # hold the cores made step times swing 3x between runs; the ratio is what is measured
-    torch.set_num_threads(1)
-    try:
-        _run(args)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(args: argparse.Namespace) -> None:
     quick = bool(getattr(args, "quick", False))
     batch, warmup, repeats = (16, 1, 3) if quick else (64, 2, 7)
     torch.manual_seed(0)
