@@ -291,7 +291,7 @@ def test_finetune_trains_in_the_configured_memory_format_and_exports_contiguous_
         x.is_contiguous(memory_format=fmt),
         all(p.is_contiguous(memory_format=fmt) for p in net.parameters() if p.dim() == 4)))
     out = ft.finetune_export(parent, run)
-    # every batch and every conv weight trains in the configured format (channels_last: ~1.8x on CPU)
+    # every batch and every conv weight trains in the configured format (channels_last: ~1.6x a step on CPU)
     assert seen and set(seen) == {(True, True)}
     # a channels_last network exports as any other: ONNX agrees with torch, TorchScript loads
     checks = json.loads((out / "arch.json").read_text())["checks"]
