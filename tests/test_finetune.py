@@ -277,7 +277,7 @@ def test_backbone_grad_is_set_while_training_and_named_and_the_export_runs_at_on
 
 @pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_finetune_trains_in_the_configured_memory_format_and_exports_contiguous_weights(
+def test_finetune_trains_in_the_configured_memory_format_and_exports_as_any_other(
         exported, tmp_path: Path, monkeypatch, channels_last: bool) -> None:
     cfg, parent = _two_exit_export(exported)
     run = _cfg(tmp_path, "export.finetune_epochs=1", f"export.onnx={channels_last}")
