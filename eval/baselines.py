@@ -52,8 +52,8 @@ import torch.nn.functional as F
 import yaml
 
 from nachos.config import Config, ConfigError, config_to_dict, load_config
-from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, resolve_device,
-                            resume_training, rng_state, seed_everything)
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format,
+                            resolve_device, resume_training, rng_state, seed_everything)
 from supernet.space import Arch, SearchSpace
 from supernet.train import autocast_factory, warmup_cosine
 
@@ -248,14 +248,14 @@ def mac_table(cfg: Config) -> tuple[Any, str]:
 
 # ----------------------------------------------------------------------------- training
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, loader: Any, memory_format: torch.memory_format,
+def accuracy(model: torch.nn.Module, loader: Any, fmt: torch.memory_format,
              autocast: Callable[[], Any]) -> tuple[float, int]:
     model.eval()
     hits = torch.zeros((), dtype=torch.int64)
     n = 0
     for xb, yb in loader:
         with autocast():
-            logits = model(xb.contiguous(memory_format=memory_format))[-1]
+            logits = model(xb.contiguous(memory_format=fmt))[-1]
         hits += (logits.float().argmax(1) == yb).sum().cpu()
         n += len(yb)
     return (float(hits) / n if n else float("nan")), n
@@ -280,7 +280,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     seed_everything(cfg.seed, cfg.deterministic)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    fmt = memory_format(tc.channels_last)
     autocast = autocast_factory(device, tc.amp)
     space = SearchSpace.from_config(cfg.space)
     space.validate(arch)
@@ -289,7 +289,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     splits = load_splits(cfg)
     mean, std = splits.mean, splits.std
     loader = make_loader(cfg, splits.train_x, splits.train_y, device, train=True, seed=cfg.seed, mean=mean, std=std)
-    model = StaticEENet.from_config(cfg.space, cfg.exits, arch, []).to(device).to(memory_format=memory_format)
+    model = StaticEENet.from_config(cfg.space, cfg.exits, arch, []).to(device).to(memory_format=fmt)
     optimizer = create_optimizer_v2(model, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=tc.lr,
                                     weight_decay=tc.weight_decay, momentum=tc.momentum)
     scheduler = warmup_cosine(optimizer, tc.lr, epochs * len(loader), tc.warmup_epochs, len(loader))
@@ -318,7 +318,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
             scheduler.step_update(step)
             optimizer.zero_grad(set_to_none=True)
             with autocast():
-                logits = model(xb.contiguous(memory_format=memory_format))[-1].float()
+                logits = model(xb.contiguous(memory_format=fmt))[-1].float()
             loss = F.cross_entropy(logits, yb, label_smoothing=tc.label_smoothing)
             if not torch.isfinite(loss):
                 raise RunError(f"baseline {tag}: non-finite loss at step {step} (epoch {epoch + 1}); lower train.lr "
@@ -345,8 +345,8 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     order = test_order(splits.test_y, splits.num_classes, cfg.export.test_subset, cfg.seed)
     test_loader = make_loader(cfg, splits.test_x[order], splits.test_y[order], device, train=False, seed=cfg.seed,
                               mean=mean, std=std)
-    val_acc, n_val = accuracy(model, val_loader, memory_format, autocast)
-    test_acc, n_test = accuracy(model, test_loader, memory_format, autocast)
+    val_acc, n_val = accuracy(model, val_loader, fmt, autocast)
+    test_acc, n_test = accuracy(model, test_loader, fmt, autocast)
     eval_seconds = time.perf_counter() - t_eval
 
     table, table_source = mac_table(cfg)

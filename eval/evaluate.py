@@ -38,7 +38,7 @@ from eval.onnx_runner import MANIFEST, OnnxEarlyExitRunner, read_manifest
 from eval.runtime import EarlyExitModel
 from exits.policies import decide_exits
 from nachos.config import Config, ConfigError, load_config
-from nachos.runtime import RunError, atomic_write_text, resolve_device
+from nachos.runtime import RunError, atomic_write_text, memory_format, resolve_device
 
 DEPLOY_STEPS = 40  # deployment_grid: thresholds 0, 0.025, ..., 1 besides the search's own
 
@@ -547,10 +547,10 @@ def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, 
     space = SearchSpace(cfg.space)
     path, ckpt = load_checkpoint(cfg, space, config_path)
     model = build_supernet(cfg, ckpt, path, config_path)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    fmt = memory_format(cfg.train.channels_last)
+    model = model.to(device, memory_format=fmt)
     splits = load_splits(cfg)
-    calib = [xb.contiguous(memory_format=memory_format) for xb in
+    calib = [xb.contiguous(memory_format=fmt) for xb in
              calibration_batches(cfg, splits.train_x, splits.train_y, splits.mean, splits.std, device)]
     order = test_order(splits.test_y, splits.num_classes, cfg.export.test_subset, cfg.seed)
     loader = make_loader(cfg, splits.test_x[order], splits.test_y[order], device, train=False, seed=cfg.seed,

@@ -56,7 +56,8 @@ from eval.metrics import exit_statistics, expected_cost
 from eval.onnx_runner import MANIFEST, read_manifest
 from eval.runtime import EarlyExitModel
 from nachos.config import Config
-from nachos.runtime import RunError, atomic_torch_save, resolve_device, resume_training, rng_state, seed_everything
+from nachos.runtime import (RunError, atomic_torch_save, memory_format, resolve_device, resume_training,
+                            rng_state, seed_everything)
 from supernet.space import Arch
 from supernet.static import StaticEENet
 from supernet.train import autocast_factory, member_loss, warmup_cosine
@@ -163,10 +164,8 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     splits = load_splits(src)
     loader = make_loader(src, splits.train_x, splits.train_y, device, train=True, seed=src.seed,
                          mean=splits.mean, std=splits.std)
-    # channels_last as the supernet and the static baselines train: on CPU too, oneDNN's depthwise and 1x1
-    # convolutions run a training step of the hand network ~1.6x faster in it (bench memory_format)
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-    net = model.static_net().to(device, memory_format=memory_format)
+    fmt = memory_format(tc.channels_last)  # as the supernet and the static baselines train
+    net = model.static_net().to(device, memory_format=fmt)
     net.backbone_grad = src.exits.backbone_grad
     backbone = net.backbone_modules()
     for m in backbone if frozen_backbone else []:
@@ -181,7 +180,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     arch = Arch.from_dict(model.description()["arch"])
     autocast = autocast_factory(device, tc.amp)
     if teacher is not None:
-        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
+        teacher = teacher.to(device, memory_format=fmt).eval().requires_grad_(False)
     step, start, seconds, history = 0, 0, 0.0, []
     ckpt = resume_training(ckpt_path, fingerprint, {"model": net, "optimizer": optimizer, "loader": loader})
     if ckpt is not None:
@@ -197,7 +196,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
                          disable=not sys.stderr.isatty()):
             scheduler.step_update(step)
             optimizer.zero_grad(set_to_none=True)
-            x = x.contiguous(memory_format=memory_format)
+            x = x.contiguous(memory_format=fmt)
             target = None
             if teacher is not None:
                 with torch.no_grad(), autocast():

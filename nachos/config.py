@@ -75,7 +75,8 @@ class SpaceConfig:
     dropout: float = _f(0.1, lo=0.0, hi=0.9, help="dropout before the final classifier (largest subnet only)")
     exit_positions: str = _f("stage", choices=("stage", "block"),
                              help="candidate exits after every stage but the last, or after every block")
-    channel_divisor: int = _f(8, lo=1, hi=64, help="expanded and squeeze-excite channel counts are rounded to a multiple of this")
+    channel_divisor: int = _f(8, lo=1, hi=64,
+                              help="expanded and squeeze-excite channel counts are rounded to a multiple of this")
     se_reduction: int = _f(4, lo=1, hi=64, help="squeeze-excite bottleneck = expanded channels / this")
 
 
@@ -87,7 +88,8 @@ class ExitsConfig:
                            "conv (its main cost); 4 makes heads on 8x8 maps ~4x cheaper")
     criterion: str = _f("softmax", choices=("softmax", "entropy", "learned"),
                         help="exit confidence: max softmax, 1 - normalised entropy, or NACHOS's learned output")
-    w_ce: float = _f(1.0, lo=0.0, help="weight of the exits' cross-entropy (exit losses are averaged over a subnet's exits)")
+    w_ce: float = _f(1.0, lo=0.0,
+                     help="weight of the exits' cross-entropy (exit losses are averaged over a subnet's exits)")
     w_distill: float = _f(1.0, lo=0.0, help="weight of distillation from the final classifier")
     backbone_grad: float = _f(1.0, lo=0.0, hi=1.0, help="share of the exits' loss gradient that reaches the shared "
                               "backbone in supernet and finetune training; the heads always get all of it (1 = "
@@ -309,9 +311,11 @@ def _check_range(value: Any, meta: dict, key: str) -> None:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
         if lo is not None and v < lo:
-            raise ConfigError(f"{key}={value!r} is out of range; allowed: >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+            upper = f" and <= {hi}" if hi is not None else ""
+            raise ConfigError(f"{key}={value!r} is out of range; allowed: >= {lo}{upper}")
         if hi is not None and v > hi:
-            raise ConfigError(f"{key}={value!r} is out of range; allowed: <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
+            lower = f" and >= {lo}" if lo is not None else ""
+            raise ConfigError(f"{key}={value!r} is out of range; allowed: <= {hi}{lower}")
 
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:

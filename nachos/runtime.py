@@ -29,6 +29,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format networks train and validate in (``train.channels_last``). channels_last pays
+    on CPU too: oneDNN's depthwise and 1x1 convolutions run a training step of the hand network ~1.6x
+    faster in it (``bench/memory_format.py``), so every loop uses it, not the GPU ones alone."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -62,7 +69,8 @@ def ensure_dir(path: str | Path) -> Path:
 
 def _os_error_text(path: Path, err: OSError) -> str:
     if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return f"cannot write to {path}: the folder is read-only; choose another with out_dir=... or fix its permissions"
+        return (f"cannot write to {path}: the folder is read-only; choose another with out_dir=... "
+                "or fix its permissions")
     if err.errno == errno.ENOSPC:
         return f"cannot write to {path}: the disk is full; free space or choose another out_dir=..."
     return f"cannot write to {path}: {err.strerror}"

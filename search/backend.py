@@ -45,12 +45,13 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
         raise RunError(f"cannot read supernet checkpoint {path} ({type(err).__name__}: {err}); "
                        f"retrain it: {fix_supernet(cfg, config_path)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise RunError(f"{path} is not a supernet checkpoint (no 'model' entry); retrain: {fix_supernet(cfg, config_path)}")
+        raise RunError(f"{path} is not a supernet checkpoint (no 'model' entry); "
+                       f"retrain: {fix_supernet(cfg, config_path)}")
     theirs, ours = ckpt.get("space_hash"), space.space_hash()
     if theirs != ours:
         raise RunError(f"supernet checkpoint {path} was trained on search space {theirs}, but this config's space is "
-                       f"{ours}; give the space settings it was trained with (its {path.parent / 'config.yaml'}: the same "
-                       f"config file and key=value overrides), or train a supernet for this space: "
+                       f"{ours}; give the space settings it was trained with (its {path.parent / 'config.yaml'}: "
+                       "the same config file and key=value overrides), or train a supernet for this space: "
                        f"{fix_supernet(cfg, config_path)}")
     return path, ckpt
 

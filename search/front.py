@@ -101,5 +101,6 @@ def explain_infeasible(records: list[Record], cons: Constraints) -> str:
         cheapest = min(alone["min_accuracy"], key=lambda r: r["expected_macs"])
         return (f"no candidate satisfied {cons.describe()} together: within the cost limits the best accuracy was "
                 f"{best['accuracy']:.4g} (at {_fmt_macs(best['expected_macs'])} MACs), below min_accuracy="
-                f"{cons.min_accuracy:g}; reaching it took at least {_fmt_macs(cheapest['expected_macs'])} expected MACs")
+                f"{cons.min_accuracy:g}; reaching it took at least {_fmt_macs(cheapest['expected_macs'])} "
+                "expected MACs")
     return f"no candidate satisfied {cons.describe()} together"

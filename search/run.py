@@ -72,7 +72,8 @@ class StateFile:
         try:
             state = pickle.loads(self.path.read_bytes())
         except Exception as err:
-            raise RunError(f"cannot read search state {self.path} ({type(err).__name__}); run without --resume") from None
+            raise RunError(f"cannot read search state {self.path} ({type(err).__name__}); "
+                           "run without --resume") from None
         if state.get("version") != STATE_VERSION or state.get("fingerprint") != self.fingerprint:
             raise RunError(f"the search in {self.path.parent} was started with other settings; resume with the same "
                            "config and overrides, or start a new one without --resume (or with another name=...)")
@@ -242,7 +243,8 @@ def _print_result(res: SearchResult, cost_key: str) -> None:
               f"x {s['backbones_computed_this_run']} computed this run")
     for r in res.front:
         latency = f"  latency {r['expected_latency'] * 1e3:.3f} ms" if cost_key == "expected_latency" else ""
-        print(f"  acc {r['accuracy']:.4f}  expected {r['expected_macs'] / 1e6:6.3f} M  peak {r['peak_macs'] / 1e6:6.3f} M"
+        print(f"  acc {r['accuracy']:.4f}  expected {r['expected_macs'] / 1e6:6.3f} M  "
+              f"peak {r['peak_macs'] / 1e6:6.3f} M"
               f"{latency}  exits {r['exits']} thr {r['thresholds']} ({r['threshold_source']})  {r['arch_str']}")
     print(f"hypervolume {res.hypervolume:.4f}" + (
         f"; random search {res.hypervolume_random:.4f} (NSGA-II / random = "

@@ -74,7 +74,8 @@ def space_command(cfg: Config, args: argparse.Namespace | None = None) -> int:
             raise RunError(f"--arch: {err}") from None
     net = create_supernet(cfg)
     c = cfg.space
-    print(f"space {space.space_hash()}: {len(space.stages)} stages, input {c.in_channels}x{c.input_size}x{c.input_size}, "
+    print(f"space {space.space_hash()}: {len(space.stages)} stages, "
+          f"input {c.in_channels}x{c.input_size}x{c.input_size}, "
           f"{c.num_classes} classes, exits after every {c.exit_positions}")
     n = space.num_subnets()
     print(f"distinct subnets: {n:.3e} ({n:,})\n")

@@ -541,7 +541,7 @@ def test_eval_without_exports_names_the_fix(tmp_path: Path) -> None:
 def test_eval_supernet_scores_the_largest_and_smallest_on_the_test_split(exported) -> None:
     """`nachos eval --supernet`: the figures match an independent pass of the extracted static
     network (BN recalibrated on the same batches) over the same test images."""
-    from eval.evaluate import evaluate_export, evaluate_supernet, test_order
+    from eval.evaluate import evaluate_supernet, test_order
     from nachos.data import load_splits, make_loader
     from supernet.bn import recalibrate_bn
     from supernet.train import calibration_batches

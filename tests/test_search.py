@@ -426,7 +426,8 @@ def test_incompatible_checkpoint_or_table_names_the_fix(tiny_run, tmp_path: Path
     with pytest.raises(RunError, match="nachos macs build --metric latency"):
         SupernetBackend(load_config(TINY, [f"out_dir={tmp_path}", "search.metric=latency"], device_type="cpu"), TINY)
     wider = load_config(TINY, [f"out_dir={tmp_path}", "space.final_widths=[64,256]"], device_type="cpu")
-    with pytest.raises(RunError, match=r"trained on search space .*its .*config\.yaml.*make supernet CONFIG=configs/tiny.yaml"):
+    fix = r"trained on search space .*its .*config\.yaml.*make supernet CONFIG=configs/tiny.yaml"
+    with pytest.raises(RunError, match=fix):
         SupernetBackend(wider, TINY)
 
 
