@@ -575,10 +575,18 @@ def goal_accuracy(run: RunData) -> Goal:
     return Goal(text, "missed", f"by {100 * (GOAL_ACCURACY - acc):.2f} points; best {where}")
 
 
+def rival_epochs(run: RunData) -> int:
+    """Epochs a static baseline needs to rival the run's EENs: the supernet's, or, when an EEN was
+    retrained from scratch for longer (``export.finetune_init=scratch``: often on a 1-epoch vehicle
+    supernet), that EEN's, since it trained every one of them for itself."""
+    scratch = [int(e.manifest["finetune"]["epochs"]) for e in evaluated(run) if e.training == "scratch"]
+    return max([run.cfg.train.epochs, *scratch])
+
+
 def like_for_like(run: RunData, baseline: dict[str, Any]) -> bool:
-    """Whether a static baseline had at least the supernet's training epochs: shorter ones (say,
-    for the rank correlation) would flatter the early-exit networks in a head-to-head."""
-    return baseline.get("epochs", 0) >= run.cfg.train.epochs
+    """Whether a static baseline trained at least ``rival_epochs``: shorter ones (say, for the rank
+    correlation) would flatter the early-exit networks in a head-to-head."""
+    return baseline.get("epochs", 0) >= rival_epochs(run)
 
 
 def een_points(e: Export) -> list[dict[str, Any]]:
@@ -627,7 +635,7 @@ def baseline_comparison(run: RunData, searched_only: bool = False) -> list[dict[
 def goal_baselines(run: RunData) -> Goal:
     text = "searched EENs beat static baselines of equal expected MACs (test accuracy)"
     if not any(like_for_like(run, b) for b in run.baselines):
-        return Goal(text, "not run", f"no static baseline trained >= the supernet's {run.cfg.train.epochs} epochs "
+        return Goal(text, "not run", f"no static baseline trained >= the EENs' {rival_epochs(run)} epochs "
                                      "(`nachos baseline`)")
     if not evaluated(run):
         return Goal(text, "not run", "no evaluated export (`nachos export`, then `nachos eval`)")
@@ -746,7 +754,7 @@ def _draw_accuracy_vs_macs(ax: Any, run: RunData, label_curves: bool = False) ->
                     textcoords="offset points")
     if any(like_for_like(run, b) for b in run.baselines):
         ax.scatter([], [], marker="s", color="#b5651d",
-                   label=f"static (no exits), >= {run.cfg.train.epochs} epochs, test")
+                   label=f"static (no exits), >= {rival_epochs(run)} epochs, test")
     if not all(like_for_like(run, b) for b in run.baselines):
         ax.scatter([], [], marker="s", color="#b5651d", facecolors="none", label="static, shorter training, test")
     if run.dataset == "cifar10":
@@ -845,8 +853,8 @@ def setup_lines(run: RunData) -> list[str]:
     st_path = run.dir / "supernet_test.json"
     st = _read_json(st_path, run.problems) if st_path.is_file() else None
     if st:
-        lines.append(f"- Supernet on the test split ({st['images']} images, BN recalibrated, final classifier): largest "
-                     f"subnet {pct(st['largest']['final'])}, smallest {pct(st['smallest']['final'])} "
+        lines.append(f"- Supernet on the test split ({st['images']} images, BN recalibrated, final classifier): "
+                     f"largest subnet {pct(st['largest']['final'])}, smallest {pct(st['smallest']['final'])} "
                      f"(`nachos eval --supernet`).")
     devices = sorted({b["device"] for b in run.baselines if b.get("device")})
     lat = sorted({f"{e.eval['latency']['device']} ({e.eval['latency']['threads']} threads)" for e in evaluated(run)
@@ -984,7 +992,8 @@ def finetune_lines(run: RunData) -> list[str]:
                     pct((x.eval.get("exit_accuracy_all_samples") or [None])[-1]))
 
         tp, tf = test(parent), test(e)
-        rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {[round(t, 4) for t in e.manifest['thresholds']]}",
+        thresholds = [round(t, 4) for t in e.manifest["thresholds"]]
+        rows.append([e.id, f"`{e.manifest.get('arch_str', '')}`", f"{e.manifest['exits']} @ {thresholds}",
                      f"{ft['epochs']} @ lr {ft['lr']:g}{TRAINING_LABEL[e.training]}"
                      f"{loss_settings(ft)}, "
                      f"{duration(ft.get('train_seconds'))}",
@@ -1009,7 +1018,7 @@ def baseline_lines(run: RunData) -> list[str]:
         for c in baseline_comparison(run):
             b = c["baseline"]
             if not c["rival"]:
-                een = f"not compared: fewer epochs than the supernet's {run.cfg.train.epochs}"
+                een = f"not compared: fewer epochs than the EENs' {rival_epochs(run)}"
             elif c["een"] is None:
                 een = "none at or below"
             else:
