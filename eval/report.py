@@ -577,8 +577,8 @@ def goal_accuracy(run: RunData) -> Goal:
 
 def rival_epochs(run: RunData) -> int:
     """Epochs a static baseline needs to rival the run's EENs: the supernet's, or, when an EEN was
-    retrained from scratch for longer (``export.finetune_init=scratch``: often on a 1-epoch vehicle
-    supernet), that EEN's, since it trained every one of them for itself."""
+    retrained from scratch for longer (``export.finetune_init=scratch``, often from a 1-epoch vehicle
+    supernet), that EEN's: its accuracy owes nothing to the supernet's training."""
     scratch = [int(e.manifest["finetune"]["epochs"]) for e in evaluated(run) if e.training == "scratch"]
     return max([run.cfg.train.epochs, *scratch])
 
