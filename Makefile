@@ -56,6 +56,7 @@ results: install
 	$(NACHOS) finetune --config $(CONFIG) $(ARGS)
 	$(NACHOS) eval --config $(CONFIG) $(ARGS)
 	$(NACHOS) baseline --config $(CONFIG) $(ARGS)
+	$(NACHOS) baseline --config $(CONFIG) export.baselines=matched $(ARGS)
 	$(NACHOS) report --config $(CONFIG) $(ARGS)
 
 bench: install

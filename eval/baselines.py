@@ -1,7 +1,7 @@
 """``nachos baseline``: static networks (no early exit) trained from scratch, the networks a user
 would pick instead of a searched early-exit network.
 
-    nachos baseline --config configs/cifar10.yaml [export.baselines=front|backbones|hand|scored|archs]
+    nachos baseline --config configs/cifar10.yaml [export.baselines=front|backbones|hand|scored|matched|archs]
                     [export.max_baselines=4] [export.baseline_epochs=0]
     nachos baseline --config configs/cifar10.yaml runs/cifar10/export/nsga2-0147
 
@@ -19,6 +19,10 @@ architecture, say at the expected MACs of another export). Otherwise ``export.ba
   2,394,746 MACs and 155,418 parameters by the calibrated table (``supernet.costs.MacTable``),
   about NACHOS's published 2.43 M budget.
 - ``front`` (default): both.
+- ``matched``: for at most ``export.max_baselines`` front solutions spread along the front, the
+  static network the search would offer at that solution's expected MACs: the scored backbone,
+  no dearer than that, whose final classifier alone was the most accurate from inherited weights
+  (``matched_backbones``). The issue's rival: a static network of the EEN's expected MACs.
 - ``archs``: the networks ``export.baseline_archs`` names, written as ``str(Arch)`` prints them
   (``SearchSpace.parse_arch``): say, plain rivals at the expected MACs of an early-exit network.
 
@@ -144,22 +148,70 @@ def export_backbone(cfg: Config, export_dir: str | Path) -> tuple[str, Arch, dic
                                               "expected_macs": m.get("expected_macs")})
 
 
+def matched_backbones(cfg: Config, front: list[dict[str, Any]], k: int) -> list[tuple[str, Arch, dict[str, Any]]]:
+    """The static network the search itself would offer at the expected MACs of each of at most
+    ``k`` front solutions (spread along the front): of the backbones it scored, the one whose final
+    classifier alone (inherited weights, validation split) is the most accurate among those whose
+    whole forward pass costs no more than that solution's expected MACs. What a user would deploy
+    instead of the early-exit network, chosen with the same supernet and the same data."""
+    from search.cache import read_cache
+    from search.report import read_candidates
+
+    path = cfg.run_dir / "search" / "candidates.jsonl"
+    if not path.is_file():
+        raise RunError(f"{path}: no search candidates to match static networks from; run the search first "
+                       "(make search)")
+    archs = {}
+    for rec in read_candidates(path):
+        if rec.get("scored"):
+            archs.setdefault(rec["arch_key"], Arch.from_dict(rec["arch"]))
+    table = mac_table(cfg)[0]
+    scored = []  # (MACs, inherited final-classifier accuracy, arch)
+    for arch in archs.values():
+        cache = read_cache(cfg.run_dir / "search" / "cache", arch)
+        if cache is not None:
+            scored.append((float(table.backbone_costs(arch)[-1]), float(cache.correct[-1].mean()), arch))
+    picks: dict[str, tuple[Arch, dict[str, Any]]] = {}
+    for rec in spread(sorted(front, key=lambda r: r["expected_macs"]), k):
+        fits = [c for c in scored if c[0] <= rec["expected_macs"]]
+        if not fits:
+            print(f"note: no scored backbone costs at most the {rec['expected_macs'] / 1e6:.3f} M expected MACs "
+                  f"of front solution {rec.get('id')}; it gets no matched static network", file=sys.stderr)
+            continue
+        macs, acc, arch = max(fits, key=lambda c: (c[1], -c[0]))
+        origin = picks.setdefault(arch.key(), (arch, {"kind": "matched static", "arch_key": arch.key(),
+                                                      "inherited_val_accuracy": acc, "max_baselines": k,
+                                                      "solutions": []}))[1]
+        origin["solutions"].append({"id": rec.get("id"), "exits": rec.get("exits"),
+                                    "accuracy_val": rec.get("accuracy"), "expected_macs": rec.get("expected_macs")})
+    return [(f"backbone-{key}", arch, origin) for key, (arch, origin) in picks.items()]
+
+
+def read_front(cfg: Config, mode: str) -> list[dict[str, Any]]:
+    """The admissible front of the run's search; an empty one (with a note) only where ``mode``
+    trains the hand-designed network anyway."""
+    path = cfg.run_dir / "search" / "pareto.json"
+    try:
+        front = json.loads(path.read_text()).get("front", []) if path.is_file() else []
+    except (OSError, ValueError, AttributeError) as err:
+        raise RunError(f"search result {path} is damaged ({err}); rerun the search (make search)") from None
+    if not front:
+        why = "no search result" if not path.is_file() else "an empty admissible front"
+        msg = f"{path}: {why}, so there are no front backbones to train or match"
+        if mode != "front":
+            raise RunError(msg + "; run the search first (make search), or use export.baselines=hand")
+        print(f"note: {msg}; training the hand-designed baseline only", file=sys.stderr)
+    return front
+
+
 def choose_baselines(cfg: Config, mode: str, k: int) -> list[tuple[str, Arch, dict[str, Any]]]:
     """(tag, arch, origin) of every baseline that ``export.baselines=mode`` asks for."""
     space = SearchSpace.from_config(cfg.space)
     out: list[tuple[str, Arch, dict[str, Any]]] = []
+    if mode == "matched":
+        out += matched_backbones(cfg, read_front(cfg, mode), k)
     if mode in ("front", "backbones"):
-        path = cfg.run_dir / "search" / "pareto.json"
-        try:
-            front = json.loads(path.read_text()).get("front", []) if path.is_file() else []
-        except (OSError, ValueError, AttributeError) as err:
-            raise RunError(f"search result {path} is damaged ({err}); rerun the search (make search)") from None
-        if not front:
-            why = "no search result" if not path.is_file() else "an empty admissible front"
-            msg = f"{path}: {why}, so there are no front backbones to train"
-            if mode == "backbones":
-                raise RunError(msg + "; run the search first (make search), or use export.baselines=hand")
-            print(f"note: {msg}; training the hand-designed baseline only", file=sys.stderr)
+        front = read_front(cfg, mode)
         for arch, recs in front_backbones(front, k):
             space.validate(arch)
             out.append((f"backbone-{arch.key()}", arch, {

@@ -325,21 +325,10 @@ def pinned_overrides(config_dict: dict[str, Any]) -> list[str]:
 
 # ----------------------------------------------------------------------------- ablations
 def load_cache(run: RunData, arch: Any) -> Any:
-    """The search's prediction cache of ``arch`` (validation split), or None. Its fingerprint
-    (checkpoint, data) cannot be checked without the supernet; the arch is."""
-    from search.scoring import BackboneCache
+    """The search's prediction cache of ``arch`` (validation split), or None."""
+    from search.cache import read_cache
 
-    path = run.dir / "search" / "cache" / f"{arch.key()}.npz"
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["arch"]) != arch.to_json():
-                return None
-            return BackboneCache(arch.key(), z["pred"].astype(np.int16), z["conf"].astype(np.float32),
-                                 z["labels"].astype(np.int64))
-    except (OSError, ValueError, KeyError):
-        return None
+    return read_cache(run.dir / "search" / "cache", arch)
 
 
 def no_exit_record(run: RunData, arch_key: str) -> Record | None:
@@ -927,6 +916,8 @@ def baseline_commands(run: RunData, base: str) -> list[str]:
         which = {"hand-designed": "export.baselines=hand",
                  "front backbone": f"export.baselines=backbones export.max_baselines={len(bs)}",
                  "scored backbone": f"export.baselines=scored export.max_baselines={len(bs)}",
+                 "matched static": "export.baselines=matched export.max_baselines="
+                                   f"{bs[0].get('origin', {}).get('max_baselines', len(bs))}",
                  "given arch": "export.baselines=archs 'export.baseline_archs=[" +
                                ", ".join(f'"{b["arch_str"]}"' for b in bs) + "]'",
                  "export backbone": str(run.dir / "export" / key)}.get(kind or "", "")

@@ -181,15 +181,18 @@ class ExportConfig:
                              "(0 = skip)")
     latency_warmup: int = _f(20, lo=0, help="eval: untimed batch-1 calls before the latency measurement")
     ece_bins: int = _f(15, lo=2, hi=100, help="eval: equal-width confidence bins of the expected calibration error")
-    baselines: str = _f("front", choices=("front", "backbones", "hand", "scored", "archs"),
+    baselines: str = _f("front", choices=("front", "backbones", "hand", "scored", "matched", "archs"),
                         help="baseline: static networks trained from scratch without exits: the admissible front's "
                         "backbones, the hand-designed MBConv network of the space, both (front), backbones the "
                         "search scored, spread over their MACs (scored: for the inherited-vs-scratch rank "
-                        "correlation), or the networks export.baseline_archs names (archs)")
+                        "correlation), per front solution the scored backbone most accurate alone within its "
+                        "expected MACs (matched: the EENs' static rivals), or the networks "
+                        "export.baseline_archs names (archs)")
     baseline_archs: list[str] = _f(default_factory=list, help="baseline: with export.baselines=archs, these networks, "
                                    "written as reports print them ('w16[k3e1] w24[k3e2,k3e2] ... f128'): say, "
                                    "rivals at an early-exit network's expected MACs")
-    max_baselines: int = _f(4, lo=1, help="baseline: front / scored backbones trained at most (spread over MACs)")
+    max_baselines: int = _f(4, lo=1, help="baseline: front / scored / matched backbones trained at most "
+                            "(spread over MACs)")
     baseline_epochs: int = _f(0, lo=0, help="baseline: training epochs (0 = the run's train.epochs)")
     finetune_epochs: int = _f(10, lo=1, help="finetune: epochs of training an export further from its inherited "
                               "weights (backbone and exits), before its thresholds are re-chosen on validation")

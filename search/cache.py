@@ -49,6 +49,23 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:20]
 
 
+def read_cache(folder: Path, arch: Arch, fp: str | None = None) -> BackboneCache | None:
+    """``arch``'s cache file in ``folder``, or None when it is missing, damaged, of another arch or
+    (given ``fp``) of another fingerprint. Readers after the search (reports, baselines) pass no
+    fingerprint: checking it needs the supernet, and the search that wrote the file checked it."""
+    path = folder / f"{arch.key()}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if (fp is not None and str(z["fingerprint"]) != fp) or str(z["arch"]) != arch.to_json():
+                return None
+            return BackboneCache(arch.key(), z["pred"].astype(np.int16), z["conf"].astype(np.float32),
+                                 z["labels"].astype(np.int64))
+    except (OSError, ValueError, KeyError):  # truncated or foreign: recompute
+        return None
+
+
 class CacheStore:
     """npz files keyed by arch, valid only under one fingerprint."""
 
@@ -60,17 +77,7 @@ class CacheStore:
         return self.folder / f"{arch.key()}.npz"
 
     def load(self, arch: Arch) -> BackboneCache | None:
-        path = self.path(arch)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["fingerprint"]) != self.fp or str(z["arch"]) != arch.to_json():
-                    return None
-                return BackboneCache(arch.key(), z["pred"].astype(np.int16), z["conf"].astype(np.float32),
-                                     z["labels"].astype(np.int64))
-        except (OSError, ValueError, KeyError):  # truncated or foreign: recompute
-            return None
+        return read_cache(self.folder, arch, self.fp)
 
     def save(self, arch: Arch, cache: BackboneCache) -> Path:
         buf = io.BytesIO()

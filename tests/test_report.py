@@ -263,6 +263,57 @@ def test_scored_baselines_spread_over_the_searched_backbones(run_folder, tmp_pat
         choose_baselines(tiny_cfg(tmp_path), "scored", 3)
 
 
+def test_matched_baselines_are_the_most_accurate_scored_backbone_within_each_solutions_cost(
+        run_folder, tmp_path: Path) -> None:
+    import shlex
+
+    from eval.baselines import choose_baselines, mac_table
+    from eval.report import baseline_commands, load_run
+    from search.cache import read_cache
+    from search.report import read_candidates
+
+    cfg, front = run_folder[0], run_folder[1]
+    cfg = dataclasses.replace(cfg, out_dir=str(tmp_path))  # a copy: one cache is doctored below
+    shutil.copytree(run_folder[0].run_dir, cfg.run_dir)
+    caches = cfg.run_dir / "search" / "cache"
+    table = mac_table(cfg)[0]
+    archs = {r["arch_key"]: Arch.from_dict(r["arch"])
+             for r in read_candidates(cfg.run_dir / "search" / "candidates.jsonl") if r["scored"]}
+    macs = {key: float(table.backbone_costs(a)[-1]) for key, a in archs.items()}
+    alone = {key: float(read_cache(caches, a).correct[-1].mean()) for key, a in archs.items()}
+    picks = choose_baselines(cfg, "matched", len(front))
+    matched = 0  # per solution, the most accurate alone among the backbones it can afford
+    for _, arch, origin in picks:
+        for sol in origin["solutions"]:
+            matched += 1
+            assert macs[arch.key()] <= sol["expected_macs"]
+            assert alone[arch.key()] == max(alone[k] for k in archs if macs[k] <= sol["expected_macs"])
+    cheap = min(macs, key=macs.get)
+    assert matched == sum(r["expected_macs"] >= macs[cheap] for r in front) > 0
+    # the command the report lists for them picks them again
+    hand = json.loads((cfg.run_dir / "baselines" / "hand.json").read_text())
+    for tag, arch, origin in picks:
+        (cfg.run_dir / "baselines" / f"{tag}-e9.json").write_text(json.dumps(dict(
+            hand, tag=f"{tag}-e9", epochs=9, arch=arch.to_dict(), arch_str=str(arch), arch_key=arch.key(),
+            origin=origin)))
+    line = [x for x in baseline_commands(load_run(cfg, cfg.run_dir), "--config C") if "matched" in x]
+    words = shlex.split(line[0])
+    assert len(line) == 1 and words[4:] == ["export.baselines=matched", f"export.max_baselines={len(front)}",
+                                            "export.baseline_epochs=9"]
+    again = tiny_cfg(tmp_path, *words[4:-1])
+    assert choose_baselines(again, again.export.baselines, again.export.max_baselines) == picks
+    # the cheapest backbone made perfect alone: every solution that can afford it must get it
+    cache = read_cache(caches, archs[cheap])
+    cache.pred[-1] = cache.labels
+    CacheStore(caches, "synthetic").save(archs[cheap], cache)
+    picks = choose_baselines(cfg, "matched", len(front))
+    assert [(t, o["kind"]) for t, _, o in picks] == [(f"backbone-{cheap}", "matched static")]
+    assert {s["id"] for s in picks[0][2]["solutions"]} == {r["id"] for r in front if r["expected_macs"] >= macs[cheap]}
+    assert picks[0][2]["inherited_val_accuracy"] == 1.0
+    with pytest.raises(RunError, match="no search result"):
+        choose_baselines(tiny_cfg(tmp_path / "fresh"), "matched", 3)
+
+
 def test_named_archs_are_the_baselines_of_export_baselines_archs(tmp_path: Path) -> None:
     from eval.baselines import choose_baselines
 
