@@ -150,7 +150,8 @@ def export_backbone(cfg: Config, export_dir: str | Path) -> tuple[str, Arch, dic
 
 def matched_backbones(cfg: Config, front: list[dict[str, Any]], k: int) -> list[tuple[str, Arch, dict[str, Any]]]:
     """The static network the search itself would offer at the expected MACs of each of at most
-    ``k`` front solutions (spread along the front): of the backbones it scored, the one whose final
+    ``k`` front solutions (spread along the part of the front that some scored backbone can match,
+    since exits reach lower costs than any static network): of the backbones it scored, the one whose final
     classifier alone (inherited weights, validation split) is the most accurate among those whose
     whole forward pass costs no more than that solution's expected MACs. What a user would deploy
     instead of the early-exit network, chosen with the same supernet and the same data."""
@@ -171,13 +172,16 @@ def matched_backbones(cfg: Config, front: list[dict[str, Any]], k: int) -> list[
         cache = read_cache(cfg.run_dir / "search" / "cache", arch)
         if cache is not None:
             scored.append((float(table.backbone_costs(arch)[-1]), float(cache.correct[-1].mean()), arch))
+    cheapest = min((c[0] for c in scored), default=float("inf"))
+    front = sorted(front, key=lambda r: r["expected_macs"])
+    matchable = [r for r in front if r["expected_macs"] >= cheapest]
+    if len(matchable) < len(front):
+        # exits reach costs no static network of the space reaches: nothing to match there
+        print(f"note: {len(front) - len(matchable)} of {len(front)} front solutions cost less than any scored "
+              f"backbone ({cheapest / 1e6:.3f} M MACs); they get no matched static network", file=sys.stderr)
     picks: dict[str, tuple[Arch, dict[str, Any]]] = {}
-    for rec in spread(sorted(front, key=lambda r: r["expected_macs"]), k):
+    for rec in spread(matchable, k):
         fits = [c for c in scored if c[0] <= rec["expected_macs"]]
-        if not fits:
-            print(f"note: no scored backbone costs at most the {rec['expected_macs'] / 1e6:.3f} M expected MACs "
-                  f"of front solution {rec.get('id')}; it gets no matched static network", file=sys.stderr)
-            continue
         macs, acc, arch = max(fits, key=lambda c: (c[1], -c[0]))
         origin = picks.setdefault(arch.key(), (arch, {"kind": "matched static", "arch_key": arch.key(),
                                                       "inherited_val_accuracy": acc, "max_baselines": k,

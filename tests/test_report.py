@@ -289,7 +289,11 @@ def test_matched_baselines_are_the_most_accurate_scored_backbone_within_each_sol
             assert macs[arch.key()] <= sol["expected_macs"]
             assert alone[arch.key()] == max(alone[k] for k in archs if macs[k] <= sol["expected_macs"])
     cheap = min(macs, key=macs.get)
-    assert matched == sum(r["expected_macs"] >= macs[cheap] for r in front) > 0
+    matchable = sorted(r["expected_macs"] for r in front if r["expected_macs"] >= macs[cheap])
+    assert matched == len(matchable) >= 2
+    # fewer: spread over the matchable solutions, both ends included
+    ends = [sol["expected_macs"] for _, _, o in choose_baselines(cfg, "matched", 2) for sol in o["solutions"]]
+    assert sorted(ends) == [matchable[0], matchable[-1]]
     # the command the report lists for them picks them again
     hand = json.loads((cfg.run_dir / "baselines" / "hand.json").read_text())
     for tag, arch, origin in picks:
