@@ -564,6 +564,11 @@ def goal_accuracy(run: RunData) -> Goal:
     return Goal(text, "missed", f"by {100 * (GOAL_ACCURACY - acc):.2f} points; best {where}")
 
 
+def n_of(n: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def rival_epochs(run: RunData) -> int:
     """Epochs a static baseline needs to rival the run's EENs: the supernet's, or, when an EEN was
     retrained from scratch for longer (``export.finetune_init=scratch``, often from a 1-epoch vehicle
@@ -836,7 +841,7 @@ def setup_lines(run: RunData) -> list[str]:
         lines.append(f"- Search constraints: {cons.describe()}; objective {run.pareto.get('cost_key')}.")
     sn = run.metrics or {}
     best = f"; largest subnet val accuracy {pct(sn['best_largest'])} (best epoch)" if "best_largest" in sn else ""
-    lines.append(f"- Supernet recipe: {sn.get('epochs', c.train.epochs)} epochs, sandwich of "
+    lines.append(f"- Supernet recipe: {n_of(sn.get('epochs', c.train.epochs), 'epoch')}, sandwich of "
                  f"{2 + c.train.n_random} subnets per step, batch {c.data.batch_size}, lr {c.train.lr:g}, "
                  f"exits `{c.exits.head}` / `{c.exits.criterion}`{best}.")
     st_path = run.dir / "supernet_test.json"
@@ -1044,7 +1049,7 @@ def cost_lines(run: RunData) -> list[str]:
     else:
         members = 2 + c.train.n_random
         e = epochs if epochs is not None else c.train.epochs
-        lines.append(f"- Supernet training: {duration(wall['seconds'])} ({wall['source']}); {e} epochs x "
+        lines.append(f"- Supernet training: {duration(wall['seconds'])} ({wall['source']}); {n_of(e, 'epoch')} x "
                      f"{members} subnets per step = {e * members} subnet-epochs"
                      + ("" if run.metrics is not None else " (unfinished: no metrics.json)") + ".")
     s = run.summary

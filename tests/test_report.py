@@ -472,6 +472,12 @@ def test_hand_designed_network_of_the_default_space() -> None:
     assert table.peak_cost(arch, []) == 2_394_746 and table.params(arch, []) == 155_418  # as documented
 
 
+def test_counts_read_as_english() -> None:
+    from eval.report import n_of
+
+    assert [n_of(1, "epoch"), n_of(3, "epoch"), n_of(0, "epoch")] == ["1 epoch", "3 epochs", "0 epochs"]
+
+
 def test_supernet_wall_time_prefers_recorded_seconds(tmp_path: Path) -> None:
     assert supernet_wall_time(tmp_path, {"seconds": 90.0})["seconds"] == 90.0
     assert supernet_wall_time(tmp_path, None)["seconds"] is None
