@@ -17,7 +17,7 @@ import torch
 
 from bench import bench_line
 from nachos.config import load_config
-from nachos.runtime import resolve_device, seed_everything
+from nachos.runtime import memory_format, resolve_device, seed_everything
 from supernet.network import create_supernet
 from supernet.space import SearchSpace
 from supernet.train import autocast_factory, member_loss, sandwich
@@ -43,17 +43,17 @@ def run(args: argparse.Namespace) -> None:
     batch = 32 if quick else cfg.data.batch_size
     reps = 3 if quick else 6
     autocast = autocast_factory(device, cfg.train.amp)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    fmt = memory_format(cfg.train.channels_last, device)  # as training runs on this device
 
     space = SearchSpace(cfg.space)
-    model = create_supernet(cfg).to(device, memory_format=memory_format).train()
+    model = create_supernet(cfg).to(device, memory_format=fmt).train()
     members = sandwich(space, max(1, cfg.train.n_random), cfg.seed, step=0)  # at least one random subnet
-    statics = [model.extract(arch).to(device, memory_format=memory_format).train() for _, arch in members]
+    statics = [model.extract(arch).to(device, memory_format=fmt).train() for _, arch in members]
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     static_opts = [torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True) for net in statics]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.space.in_channels, cfg.space.input_size, cfg.space.input_size, generator=gen)
-    x = x.to(device).contiguous(memory_format=memory_format)
+    x = x.to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.space.num_classes, (batch,), generator=gen).to(device)
 
     def sandwich_step() -> None:

@@ -336,7 +336,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     seed_everything(cfg.seed, cfg.deterministic)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    fmt = memory_format(tc.channels_last)
+    fmt = memory_format(tc.channels_last, device)
     autocast = autocast_factory(device, tc.amp)
     space = SearchSpace.from_config(cfg.space)
     space.validate(arch)

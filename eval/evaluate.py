@@ -547,7 +547,7 @@ def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, 
     space = SearchSpace(cfg.space)
     path, ckpt = load_checkpoint(cfg, space, config_path)
     model = build_supernet(cfg, ckpt, path, config_path)
-    fmt = memory_format(cfg.train.channels_last)
+    fmt = memory_format(cfg.train.channels_last, device)
     model = model.to(device, memory_format=fmt)
     splits = load_splits(cfg)
     calib = [xb.contiguous(memory_format=fmt) for xb in

@@ -164,7 +164,7 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     splits = load_splits(src)
     loader = make_loader(src, splits.train_x, splits.train_y, device, train=True, seed=src.seed,
                          mean=splits.mean, std=splits.std)
-    fmt = memory_format(tc.channels_last)  # as the supernet and the static baselines train
+    fmt = memory_format(tc.channels_last, device)  # as the supernet and the static baselines train
     net = model.static_net().to(device, memory_format=fmt)
     net.backbone_grad = src.exits.backbone_grad
     backbone = net.backbone_modules()

@@ -655,7 +655,7 @@ def make_loader(cfg: Config, x: torch.Tensor, y: torch.Tensor, device: torch.dev
     aug = cfg.data.augment
     return TensorLoader(x, y, cfg.data.batch_size if train else cfg.data.eval_batch_size, mean=mean, std=std,
                         device=device, train=train, seed=seed, crop_padding=aug.crop_padding, hflip=aug.hflip,
-                        cutout=aug.cutout, channels_last=cfg.train.channels_last and device.type == "cuda")
+                        cutout=aug.cutout)
 
 
 # ----------------------------------------------------------------------------- command

@@ -344,7 +344,7 @@ def evaluate_subnet(model: nn.Module, space: SearchSpace, arch: Arch, calib: lis
     confs: list[list[torch.Tensor]] = []
     corrects: list[list[torch.Tensor]] = []
     count = 0
-    fmt = memory_format(cfg.train.channels_last)
+    fmt = memory_format(cfg.train.channels_last, next(model.parameters()).device)
     for xb, yb in val_loader:
         with autocast():
             outs = model(xb.contiguous(memory_format=fmt))
@@ -478,7 +478,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     if ddp.main:
         ensure_dir(run_dir)
 
-    fmt = memory_format(tc.channels_last)
+    fmt = memory_format(tc.channels_last, device)
 
     # data: each rank trains on its slice of every (shared-seed) batch
     splits = load_splits(cfg)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nachos.config import load_config
-from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, resolve_device, rng_state,
-                            seed_everything, set_rng_state)
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format, resolve_device,
+                            rng_state, seed_everything, set_rng_state)
 from nachos.tracking import Tracker, read_offline_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +64,19 @@ def test_resolve_device():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(RunError, match="not a device"):
         resolve_device("gpu0")
+
+
+def test_channels_last_applies_on_cpu_only():
+    # on a GPU cuDNN builds NHWC kernels per new layer shape, which an elastic supernet meets every step
+    assert memory_format(True, "cpu") == torch.channels_last
+    assert memory_format(True, torch.device("cuda", 0)) == torch.contiguous_format
+    assert memory_format(False, "cpu") == torch.contiguous_format
+
+
+def test_seeding_leaves_cudnn_autotuning_off():
+    torch.backends.cudnn.benchmark = True
+    seed_everything(0)
+    assert torch.backends.cudnn.benchmark is False  # new shapes every step: autotuning cannot pay
 
 
 def test_rng_state_round_trip_replays_every_stream():
