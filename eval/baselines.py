@@ -447,8 +447,8 @@ def baseline_command(cfg: Config, args: Any) -> int:
     epochs = cfg.export.baseline_epochs or run.train.epochs
     if epochs < 1:
         raise RunError("the run's train.epochs is 0; set export.baseline_epochs=N")
-    export_dir = getattr(args, "export_dir", None)
-    chosen = ([export_backbone(run, export_dir)] if export_dir
+    given = getattr(args, "export_dirs", None)
+    chosen = ([export_backbone(run, d) for d in given] if given
               else choose_baselines(run, cfg.export.baselines, cfg.export.max_baselines))
     if epochs != run.train.epochs:  # a longer or shorter rival sits beside the like-for-like one, not over it
         chosen = [(f"{tag}-e{epochs}", arch, origin) for tag, arch, origin in chosen]

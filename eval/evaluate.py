@@ -1,6 +1,6 @@
-"""``nachos eval [EXPORT_DIR]``: an exported early-exit model on the TEST split.
+"""``nachos eval [EXPORT_DIR ...]``: exported early-exit models on the TEST split.
 
-    nachos eval runs/cifar10/export/nsga2-0147          # one export
+    nachos eval runs/cifar10/export/nsga2-0147          # one export (or several, one after another)
     nachos eval --supernet                              # the supernet's largest / smallest subnets
     nachos eval --config configs/cifar10.yaml           # every export of the config's run
     make eval CONFIG=configs/cifar10.yaml               # the same
@@ -575,7 +575,8 @@ def eval_command(cfg: Config, args: Any) -> int:
                   + ", ".join(f"{k} {v:.4f}" for k, v in res[name].items() if k.startswith("exit_")))
         print(f"wrote {cfg.run_dir / SUPERNET_TEST}")
         return 0
-    folders = resolve_export_dirs(cfg, getattr(args, "export_dir", None), getattr(args, "config", None))
+    given = getattr(args, "export_dirs", None) or [None]
+    folders = list(dict.fromkeys(f for d in given for f in resolve_export_dirs(cfg, d, getattr(args, "config", None))))
     tracker = Tracker(cfg, cfg.run_dir, "eval", enabled=cfg.wandb.mode != "disabled")
     try:
         for folder in folders:

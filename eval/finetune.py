@@ -1,11 +1,11 @@
-"""``nachos finetune [EXPORT_DIR]``: train exported early-exit networks further, from their
+"""``nachos finetune [EXPORT_DIR ...]``: train exported early-exit networks further, from their
 inherited weights (or again from scratch), then re-choose their thresholds on the validation split.
 
     nachos finetune --config configs/cifar10.yaml [export.select=best|all|3|acc>=0.8|macs<=2.7e6]
                     [export.finetune_epochs=10 export.finetune_lr=0.01] [export.finetune_init=scratch]
-    nachos finetune runs/cifar10/export/nsga2-0147
+    nachos finetune runs/cifar10/export/nsga2-0147 runs/cifar10/export/nsga2-0212
 
-Which exports: the one given, else those of the run's exports that ``export.select`` picks (by
+Which exports: those given, else those of the run's exports that ``export.select`` picks (by
 their validation accuracy and expected MACs, as ``nachos export`` picks front solutions).
 
 Weight sharing ranks candidates cheaply but leaves accuracy on the table: a subnet's inherited
@@ -333,7 +333,8 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
 def finetune_command(cfg: Config, args: Any) -> int:
     from eval.export import write_index
 
-    folders = parents(cfg, getattr(args, "export_dir", None), getattr(args, "config", None))
+    given = getattr(args, "export_dirs", None) or [None]
+    folders = list(dict.fromkeys(f for d in given for f in parents(cfg, d, getattr(args, "config", None))))
     e = cfg.export
     print(f"fine-tuning {len(folders)} export(s), {e.finetune_epochs} epochs from {e.finetune_init} weights"
           + (f" at lr {e.finetune_lr:g}" if e.finetune_init == "inherited" else " with the run's train.lr"),

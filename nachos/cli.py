@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 DEFAULT_CONFIG = "configs/cifar10.yaml"
 
@@ -21,6 +21,18 @@ class Command:
     help: str
     positional: tuple[str, ...] = ()  # names of positional (non key=value) arguments
     extra: Callable[[argparse.ArgumentParser], None] | None = None
+    variadic: bool = False  # the last positional takes every remaining one, as a list
+
+
+def bind_positionals(cmd: Command, values: list[str]) -> dict[str, Any]:
+    """The positional arguments by name (missing ones None; a variadic last one a list, maybe empty)."""
+    fixed = cmd.positional[:-1] if cmd.variadic else cmd.positional
+    if not cmd.variadic and len(values) > len(fixed):
+        raise ValueError(f"unexpected argument(s) {values[len(fixed):]}; overrides look like key.sub=value")
+    bound: dict[str, Any] = {name: (values[i] if i < len(values) else None) for i, name in enumerate(fixed)}
+    if cmd.variadic:
+        bound[cmd.positional[-1]] = values[len(fixed):]
+    return bound
 
 
 def _macs_args(p: argparse.ArgumentParser) -> None:
@@ -54,12 +66,12 @@ COMMANDS: dict[str, Command] = {
     "search": Command("search.run:search_command", "evolutionary search over subnets, exit sets and thresholds",
                       extra=_resume_args),
     "export": Command("eval.export:export_command", "export chosen solutions as standalone early-exit models"),
-    "eval": Command("eval.evaluate:eval_command", "evaluate an exported model on the test split",
-                    positional=("export_dir",), extra=_eval_args),
+    "eval": Command("eval.evaluate:eval_command", "evaluate exported models on the test split",
+                    positional=("export_dirs",), extra=_eval_args, variadic=True),
     "finetune": Command("eval.finetune:finetune_command", "fine-tune exported models, then re-choose their thresholds",
-                        positional=("export_dir",)),
+                        positional=("export_dirs",), variadic=True),
     "baseline": Command("eval.baselines:baseline_command", "train static baselines (no exits) from scratch",
-                        positional=("export_dir",)),
+                        positional=("export_dirs",), variadic=True),
     "report": Command("eval.report:report_command", "write docs/RESULTS.md tables and plots from run folders"),
 }
 
@@ -73,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         if cmd.extra:
             cmd.extra(p)
         p.add_argument("rest", nargs="*", metavar="ARG",
-                       help=" ".join(f"{a.upper()}" for a in cmd.positional) + (" then " if cmd.positional else "")
+                       help=" ".join(f"{a.upper()}" for a in cmd.positional) + (" ..." if cmd.variadic else "")
+                       + (" then " if cmd.positional else "")
                        + "overrides as key.sub=value")
     return parser
 
@@ -107,12 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     rest = list(getattr(args, "rest", [])) + leftover
     positional = [a for a in rest if "=" not in a]
     overrides = [a for a in rest if "=" in a]
-    if len(positional) > len(cmd.positional):
-        parser.error(f"unexpected argument(s) {positional[len(cmd.positional):]}; overrides look like key.sub=value")
-    for name, value in zip(cmd.positional, positional):
-        setattr(args, name, value)
-    for name in cmd.positional[len(positional):]:
-        setattr(args, name, None)
+    try:
+        for name, value in bind_positionals(cmd, positional).items():
+            setattr(args, name, value)
+    except ValueError as err:
+        parser.error(str(err))
     try:
         cfg = load_config(args.config, overrides)
         func = _resolve(cmd.target)

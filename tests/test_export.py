@@ -383,7 +383,7 @@ def test_eval_on_the_test_split_writes_reports(exported) -> None:
 
     cfg, front, folders = exported
     assert resolve_export_dirs(cfg, None) == sorted(folders)
-    eval_command(cfg, argparse.Namespace(export_dir=str(folders[1]), config=TINY))
+    eval_command(cfg, argparse.Namespace(export_dirs=[str(folders[1])], config=TINY))
     folder = folders[1]
     r = json.loads((folder / "eval.json").read_text())
     assert r["split"] == "test" and r["images"] == 400

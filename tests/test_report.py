@@ -595,6 +595,20 @@ def test_baseline_of_one_export_trains_exactly_its_backbone(run_folder, tmp_path
     assert result["origin"]["kind"] == "export backbone" and result["origin"]["export"] == exports[1]
     assert result["epochs"] == 1 and result["exits"] == []
 
+    # several exports at once: one static network per backbone among them
+    for old in (run_dir / "baselines").glob("*.json"):
+        old.unlink()
+    other = run_dir / "export" / "other"  # the same export with the space's largest backbone
+    shutil.copytree(export, other)
+    m = json.loads((other / "arch.json").read_text())
+    m["arch"] = SearchSpace.from_config(cfg.space).largest().to_dict()
+    (other / "arch.json").write_text(json.dumps(m))
+    pair = {Arch.from_dict(json.loads((e / "arch.json").read_text())["arch"]).key(): e for e in (export, other)}
+    assert len(pair) == 2
+    assert main(["baseline", "--config", str(TINY), str(export), str(other), *overrides]) == 0
+    assert {json.loads(p.read_text())["arch_key"] for p in (run_dir / "baselines").glob("*.json")} == set(pair)
+    shutil.rmtree(other)
+
     alien = run_dir / "export" / "alien"  # an export of another space
     shutil.copytree(export, alien)
     m = json.loads((alien / "arch.json").read_text())
