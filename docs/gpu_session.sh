@@ -20,7 +20,7 @@
 set -u
 S=$(date +%s); el() { echo $(( $(date +%s) - S )); }
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
-SMOKE=${SMOKE:-0}; PY=${PY:-python3}; END=${END:-550}
+SMOKE=${SMOKE:-0}; PY=${PY:-python3}; END=${END:-550}; PROBE_LOG=/tmp/nachos-probe.log
 exec > >(tee "$OUT/main.log") 2>&1
 if [ "$SMOKE" = 0 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
@@ -39,7 +39,7 @@ run_until() { local dl=$1; shift; local left=$(( dl - $(el) )); [ $left -lt 5 ] 
   timeout -s INT -k 20 $left "$@"; local rc=$?; echo "[$(el) s] rc=$rc: $*"; return $rc; }
 
 # plan KIND BUDGET_S -> epochs that fit the budget, from the probe's step times (contention factor 1.4; an MNIST sandwich step ~0.6 of the full CIFAR one)
-plan() { $PY - "$1" "$2" "$OUT/probe.log" "$SMOKE" <<'EOF'
+plan() { $PY - "$1" "$2" "$PROBE_LOG" "$SMOKE" <<'EOF'
 import math, re, sys
 kind, budget, log, smoke = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 text = open(log).read() if __import__("os").path.exists(log) else ""
@@ -54,9 +54,9 @@ print(max(1, min(cap, math.floor(max(budget, 0) / epoch))))
 EOF
 }
 
-$PY -m bench sandwich $QB > "$OUT/probe.log" 2>&1 & PROBE=$!
+$PY -m bench sandwich $QB > "$PROBE_LOG" 2>&1 & PROBE=$!
 $N data --config configs/cifar10.yaml $W $Q > /dev/null && $N data --config configs/mnist.yaml $W $Q > /dev/null
-wait $PROBE; grep -E "^#|BENCH" "$OUT/probe.log"; echo "[$(el) s] data and probe done"
+wait $PROBE; grep -E "^#|BENCH" "$PROBE_LOG"; echo "[$(el) s] data and probe done"
 
 job_a() {
   local C="--config configs/cifar10.yaml name=gpu-cifar10 exits.head_max_map=4 $W $Q"
@@ -71,7 +71,7 @@ job_b() {
   local C="--config configs/cifar10-long.yaml name=gpu-h4 exits.head_max_map=4 $W $Q"
   run_until $(d 150) $N supernet $C train.epochs=1 || return
   run_until $(d 170) $N export $C export.select=hand "export.hand_exits=[1,2,3]" export.onnx=false export.torchscript=false || return
-  local e; e=$(plan B $(( $(d 470) - $(el) - 20 ))); echo "B: epochs $e"; echo $e > "$OUT/b_epochs"
+  local e; e=$(plan B $(( $(d 470) - $(el) - 20 ))); echo "B: epochs $e"
   ( run_until $(d 500) $N baseline $C export.baselines=hand export.baseline_epochs=$e > "$OUT/C.log" 2>&1 ) &
   run_until $(d 470) $N finetune $C runs/gpu-h4/export/hand-exits-1-2-3 export.finetune_epochs=$e export.finetune_init=scratch
   run_until $(d 530) $N eval $C runs/gpu-h4/export/hand-exits-1-2-3-scratch$e export.latency_images=0
@@ -92,6 +92,7 @@ job_b > "$OUT/B.log" 2>&1 & PB=$!
 job_m > "$OUT/M.log" 2>&1 & PM=$!
 wait $PA $PB $PM  # not a bare wait: it would also wait for the tee above
 echo "[$(el) s] jobs done"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv 2>/dev/null
-# a returned file is at most 16 MiB: the run folders without checkpoints, in 15 MB parts
-tar czf - --exclude='*.pt' --exclude='*.onnx' -C runs . | split -b 15000000 - "$OUT/runs.tgz.part-"
+# at most 8 files come back, each at most 16 MiB: main.log, A/B/C/M.log and the run folders without
+# weights (reports, JSON, plots) in 15 MB parts
+tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.safetensors' -C runs . | split -b 15000000 - "$OUT/runs.tgz.part-"
 ls -la "$OUT"; echo "[$(el) s] packed"
