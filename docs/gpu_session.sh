@@ -13,6 +13,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl ptflops==0.7.5 pymoo==0.6.2 \
 #     autograd cma alive-progress about-time graphemeu Deprecated moocore cffi pycparser platformdirs dill
+# Smoke run here, small and on CPU: SMOKE=1 PY=.venv/bin/python END=1100 bash docs/gpu_session.sh
 # then device run: command "OUT=$OUT bash docs/gpu_session.sh", carry [".gpu"], timeout_s 600; the results come
 # back as runs.tgz.part-* (cat them | tar xzf - -C runs). Session 17's lease (H200) ran an earlier
 # version of this script: channels_last made every GPU stage crawl (nachos.runtime.memory_format), and
@@ -23,9 +24,11 @@ OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 SMOKE=${SMOKE:-0}; PY=${PY:-python3}; END=${END:-550}; PROBE_LOG=/tmp/nachos-probe.log
 exec > >(tee "$OUT/main.log") 2>&1
 if [ "$SMOKE" = 0 ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .gpu/whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD || exit 1
-  nvidia-smi -L; python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
+  nvidia-smi -L
+  python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
 fi
 export TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 N="$PY -m nachos"
@@ -35,10 +38,13 @@ Q=""; QB=""; SQ=""
   && SQ="search.min_accuracy=0 search.max_backbones=6 search.init_backbones=4 search.population=8 search.generations=3"
 # scale every deadline in smoke runs: the CPU is slower, but the logic is the same
 d() { echo $(( $1 * END / 550 )); }
-run_until() { local dl=$1; shift; local left=$(( dl - $(el) )); [ $left -lt 5 ] && { echo "skip (deadline): $*"; return 1; }
+run_until() {
+  local dl=$1; shift; local left=$(( dl - $(el) ))
+  [ $left -lt 5 ] && { echo "skip (deadline): $*"; return 1; }
   timeout -s INT -k 20 $left "$@"; local rc=$?; echo "[$(el) s] rc=$rc: $*"; return $rc; }
 
-# plan KIND BUDGET_S -> epochs that fit the budget, from the probe's step times (contention factor 1.4; an MNIST sandwich step ~0.6 of the full CIFAR one)
+# plan KIND BUDGET_S -> epochs that fit the budget, from the probe's step times
+# (contention factor 1.4; an MNIST sandwich step ~0.6 of the full CIFAR one)
 plan() { $PY - "$1" "$2" "$PROBE_LOG" "$SMOKE" <<'EOF'
 import math, re, sys
 kind, budget, log, smoke = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
@@ -70,10 +76,12 @@ job_a() {
 job_b() {
   local C="--config configs/cifar10-long.yaml name=gpu-h4 exits.head_max_map=4 $W $Q"
   run_until $(d 150) $N supernet $C train.epochs=1 || return
-  run_until $(d 170) $N export $C export.select=hand "export.hand_exits=[1,2,3]" export.onnx=false export.torchscript=false || return
+  run_until $(d 170) $N export $C export.select=hand "export.hand_exits=[1,2,3]" \
+    export.onnx=false export.torchscript=false || return
   local e; e=$(plan B $(( $(d 470) - $(el) - 20 ))); echo "B: epochs $e"
   ( run_until $(d 500) $N baseline $C export.baselines=hand export.baseline_epochs=$e > "$OUT/C.log" 2>&1 ) &
-  run_until $(d 470) $N finetune $C runs/gpu-h4/export/hand-exits-1-2-3 export.finetune_epochs=$e export.finetune_init=scratch
+  run_until $(d 470) $N finetune $C runs/gpu-h4/export/hand-exits-1-2-3 \
+    export.finetune_epochs=$e export.finetune_init=scratch
   run_until $(d 530) $N eval $C runs/gpu-h4/export/hand-exits-1-2-3-scratch$e export.latency_images=0
   wait
 }
@@ -94,5 +102,6 @@ wait $PA $PB $PM  # not a bare wait: it would also wait for the tee above
 echo "[$(el) s] jobs done"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv 2>/dev/null
 # at most 8 files come back, each at most 16 MiB: main.log, A/B/C/M.log and the run folders without
 # weights (reports, JSON, plots) in 15 MB parts
-tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.safetensors' -C runs . | split -b 15000000 - "$OUT/runs.tgz.part-"
+tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.safetensors' -C runs . \
+  | split -b 15000000 - "$OUT/runs.tgz.part-"
 ls -la "$OUT"; echo "[$(el) s] packed"
