@@ -526,8 +526,8 @@ class TensorLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, mean: Sequence[float],
                  std: Sequence[float], device: torch.device | str = "cpu", train: bool = False, seed: int = 0,
-                 crop_padding: int = 0, hflip: bool = False, cutout: int = 0, drop_last: bool | None = None,
-                 channels_last: bool = False) -> None:
+                 crop_padding: int = 0, hflip: bool = False, cutout: int = 0,
+                 drop_last: bool | None = None) -> None:
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"x must be uint8 NCHW, got {x.dtype} of shape {tuple(x.shape)}")
         if len(x) != len(y) or len(mean) != x.shape[1] or len(std) != x.shape[1]:
@@ -537,7 +537,6 @@ class TensorLoader:
         self.crop_padding = crop_padding if train else 0
         self.hflip, self.cutout = hflip and train, cutout if train else 0
         self.drop_last = train if drop_last is None else drop_last
-        self.channels_last = channels_last
         self.num_samples = len(x)
         self.image_shape = tuple(x.shape[1:])
         p = self.crop_padding
@@ -595,8 +594,6 @@ class TensorLoader:
         out = images.float().mul_(self._scale).add_(self._bias)
         if self.cutout:
             out.mul_(self._cutout_mask(len(out)))
-        if self.channels_last:
-            out = out.contiguous(memory_format=torch.channels_last)
         return out, y
 
     def _draw(self, high: int, n: int) -> torch.Tensor:
