@@ -35,8 +35,8 @@ def memory_format(channels_last: bool, device: torch.device | str) -> torch.memo
     run a training step of the hand network ~1.6x faster in it (``bench/memory_format.py``). On a GPU
     it does not: cuDNN builds NHWC kernels for each new layer shape, and an elastic supernet meets new
     shapes at nearly every step. H200 (torch 2.11, cu130), full CIFAR-10 space, batch 512: sandwich
-    steps took 3-5 s at first and ~0.5 s after 40 steps in channels_last, 0.10-0.12 s contiguous (bf16
-    or fp32), and exporting / evaluating ten searched networks outran its minutes too."""
+    steps took 3-8 s at first and ~0.4 s after 40 steps in channels_last, 0.10-0.12 s contiguous (bf16
+    or fp32)."""
     return torch.channels_last if channels_last and torch.device(device).type != "cuda" else torch.contiguous_format
 
 
