@@ -18,6 +18,9 @@
 # back as runs.tgz.part-* (cat them | tar xzf - -C runs). Session 17's lease (H200) ran an earlier
 # version of this script: channels_last made every GPU stage crawl (nachos.runtime.memory_format), and
 # job B's first deadline fell before the data was decoded (80 s there); both are fixed here.
+# Session 18's lease ran it (rc 0, 417 s): A's supernet stopped 29 steps short of its 12 planned
+# epochs and its search found nothing at accuracy >= 0.65 (hence the fallback search below);
+# B and C finished their 70 epochs 200 s before their deadlines (hence B's smaller margin).
 set -u
 S=$(date +%s); el() { echo $(( $(date +%s) - S )); }
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
@@ -44,7 +47,9 @@ run_until() {
   timeout -s INT -k 20 $left "$@"; local rc=$?; echo "[$(el) s] rc=$rc: $*"; return $rc; }
 
 # plan KIND BUDGET_S -> epochs that fit the budget, from the probe's step times
-# (contention factor 1.4; an MNIST sandwich step ~0.6 of the full CIFAR one)
+# (factors from session 18's lease, four jobs side by side: a CIFAR supernet epoch took 2.15x the
+# probe's sandwich steps, validation included; a hand-network epoch 0.95x its largest random
+# member's steps; a finetune stopped by its deadline leaves nothing to evaluate, so B keeps a margin)
 plan() { $PY - "$1" "$2" "$PROBE_LOG" "$SMOKE" <<'EOF'
 import math, re, sys
 kind, budget, log, smoke = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
@@ -54,7 +59,7 @@ sand = float(m.group(1)) / 1e3 if m else 0.15
 rnd = [float(x) / 1e3 for x in re.findall(r"random_\d+ ([\d.]+) ms", text)]
 member = max(rnd) if rnd else 0.03
 steps = {"A": 88, "B": 88, "M": 105}[kind] if not smoke else 8
-epoch = {"A": steps * sand * 1.35, "B": steps * member * 1.4, "M": steps * sand * 0.6 * 1.35}[kind] * 1.4
+epoch = {"A": steps * sand * 1.35 * 1.6, "B": steps * member * 1.3, "M": steps * sand * 0.6 * 1.35 * 1.4}[kind]
 cap = {"A": 300, "B": 400, "M": 20}[kind] if not smoke else 1
 print(max(1, min(cap, math.floor(max(budget, 0) / epoch))))
 EOF
@@ -68,7 +73,11 @@ job_a() {
   local C="--config configs/cifar10.yaml name=gpu-cifar10 exits.head_max_map=4 $W $Q"
   local e; e=$(plan A $(( $(d 320) - $(el) - 25 ))); echo "A: supernet epochs $e"
   run_until $(d 320) $N supernet $C train.epochs=$e
-  run_until $(d 440) $N search $C search.max_backbones=100 search.init_backbones=24 $SQ || return
+  # a short supernet may leave nothing above the config's min_accuracy: then the same search
+  # (its scores cached) with the bar lowered, so that the front still comes back
+  run_until $(d 420) $N search $C search.max_backbones=100 search.init_backbones=24 $SQ \
+    || run_until $(d 440) $N search $C search.max_backbones=100 search.init_backbones=24 $SQ search.min_accuracy=0.5 \
+    || return
   run_until $(d 470) $N export $C export.select=all export.onnx=false export.torchscript=false || return
   run_until $(d 520) $N eval $C export.latency_images=0
   run_until $(d 540) $N eval --supernet $C

@@ -856,7 +856,8 @@ def setup_lines(run: RunData) -> list[str]:
     sn_dev = sn.get("device") or (c.device if c.device != "auto" else None)
     trained = run.metrics is not None or (run.dir / "last.pt").is_file()
     if not trained:
-        supernet = "supernet not trained"
+        # a supernet trained elsewhere (say on a lent GPU whose weights stayed there) leaves no trace here
+        supernet = "supernet: no record (no `metrics.json` or `last.pt` in the run folder)"
     else:
         supernet = f"supernet on {sn_dev}" if sn_dev else "supernet on a device `nachos supernet` does not record"
     lines.append(f"- Hardware: {supernet}"
