@@ -49,7 +49,8 @@ run_until() {
 # plan KIND BUDGET_S -> epochs that fit the budget, from the probe's step times
 # (factors from session 18's lease, four jobs side by side: a CIFAR supernet epoch took 2.15x the
 # probe's sandwich steps, validation included; a hand-network epoch 0.95x its largest random
-# member's steps; a finetune stopped by its deadline leaves nothing to evaluate, so B keeps a margin)
+# member's steps; a finetune stopped by its deadline leaves nothing to evaluate, so B keeps a margin;
+# an MNIST sandwich step is ~0.6 of the CIFAR one, and M's old factors fitted its deadline)
 plan() { $PY - "$1" "$2" "$PROBE_LOG" "$SMOKE" <<'EOF'
 import math, re, sys
 kind, budget, log, smoke = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
