@@ -44,6 +44,12 @@ DEPLOY_STEPS = 40  # deployment_grid: thresholds 0, 0.025, ..., 1 besides the se
 
 
 # ----------------------------------------------------------------------------- which exports
+def each_export_dir(given: list[str] | None, resolve: Callable[[str | None], list[Path]]) -> list[Path]:
+    """What ``resolve`` finds for each folder given on the command line (for ``None`` when none is
+    given: the run's own), in order, each folder once even when two given ones overlap."""
+    return list(dict.fromkeys(f for d in (given or [None]) for f in resolve(d)))
+
+
 def resolve_export_dirs(cfg: Config, export_dir: str | None, config_path: str | None = None) -> list[Path]:
     """The export folder given, every export under a folder given, or every export of the config's run."""
     root = Path(export_dir) if export_dir else export_root(cfg)
@@ -575,8 +581,8 @@ def eval_command(cfg: Config, args: Any) -> int:
                   + ", ".join(f"{k} {v:.4f}" for k, v in res[name].items() if k.startswith("exit_")))
         print(f"wrote {cfg.run_dir / SUPERNET_TEST}")
         return 0
-    given = getattr(args, "export_dirs", None) or [None]
-    folders = list(dict.fromkeys(f for d in given for f in resolve_export_dirs(cfg, d, getattr(args, "config", None))))
+    config_path = getattr(args, "config", None)
+    folders = each_export_dir(getattr(args, "export_dirs", None), lambda d: resolve_export_dirs(cfg, d, config_path))
     tracker = Tracker(cfg, cfg.run_dir, "eval", enabled=cfg.wandb.mode != "disabled")
     try:
         for folder in folders:

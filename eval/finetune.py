@@ -331,10 +331,11 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
 
 
 def finetune_command(cfg: Config, args: Any) -> int:
+    from eval.evaluate import each_export_dir
     from eval.export import write_index
 
-    given = getattr(args, "export_dirs", None) or [None]
-    folders = list(dict.fromkeys(f for d in given for f in parents(cfg, d, getattr(args, "config", None))))
+    config_path = getattr(args, "config", None)
+    folders = each_export_dir(getattr(args, "export_dirs", None), lambda d: parents(cfg, d, config_path))
     e = cfg.export
     print(f"fine-tuning {len(folders)} export(s), {e.finetune_epochs} epochs from {e.finetune_init} weights"
           + (f" at lr {e.finetune_lr:g}" if e.finetune_init == "inherited" else " with the run's train.lr"),

@@ -20,3 +20,14 @@ def test_fixed_positionals_default_to_none_and_refuse_extras(capsys: pytest.Capt
     with pytest.raises(SystemExit):  # the command line says so and names the stray argument
         main(["supernet", "--config", "configs/tiny.yaml", "stray", "wandb.mode=disabled"])
     assert "unexpected argument(s) ['stray']" in capsys.readouterr().err
+
+
+def test_several_export_folders_resolve_in_order_each_once() -> None:
+    from pathlib import Path
+
+    from eval.evaluate import each_export_dir
+
+    found = {"run": [Path("r/1"), Path("r/2")], "a": [Path("r/2"), Path("r/3")], "b": [Path("r/3"), Path("r/1")]}
+    resolve = lambda d: found["run" if d is None else d]  # noqa: E731
+    assert each_export_dir(None, resolve) == each_export_dir([], resolve) == [Path("r/1"), Path("r/2")]
+    assert each_export_dir(["a", "b"], resolve) == [Path("r/2"), Path("r/3"), Path("r/1")]
