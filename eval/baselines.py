@@ -275,6 +275,18 @@ def run_config(cfg: Config, run_dir: Path | None = None) -> Config:
                                export=cfg.export, wandb=cfg.wandb)
 
 
+def subset_notice(cfg: Config, run: Config) -> str | None:
+    """A warning when the run's saved data subsets, which the baselines train and score on, are not the
+    command line's: a vehicle supernet run on a subset would otherwise give subset-trained baselines
+    without a word (it happened in session 20)."""
+    keys = [k for k in ("train_subset", "val_subset") if getattr(cfg.data, k) != getattr(run.data, k)]
+    if not keys:
+        return None
+    said = ", ".join(f"data.{k}={getattr(run.data, k)} there, {getattr(cfg.data, k)} here" for k in keys)
+    return (f"warning: baselines train with the run's saved recipe ({run.run_dir / 'config.yaml'}): {said}; "
+            f"to train them otherwise, edit that file's data block (0 = all images)")
+
+
 def recipe(cfg: Config) -> dict[str, Any]:
     """What determines a baseline's training, for the result file and the resume check."""
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _NON_RECIPE_TRAIN}
@@ -444,6 +456,9 @@ def finished(path: Path, cfg: Config, arch: Arch, epochs: int) -> dict[str, Any]
 def baseline_command(cfg: Config, args: Any) -> int:
     """``nachos baseline``: train the static baselines ``export.baselines`` names (see module doc)."""
     run = run_config(cfg)
+    notice = subset_notice(cfg, run)
+    if notice:
+        print(notice, file=sys.stderr)
     epochs = cfg.export.baseline_epochs or run.train.epochs
     if epochs < 1:
         raise RunError("the run's train.epochs is 0; set export.baseline_epochs=N")
@@ -468,5 +483,5 @@ def baseline_command(cfg: Config, args: Any) -> int:
     return 0
 
 
-__all__ = ["hand_designed_arch", "choose_baselines", "export_backbone", "front_backbones", "run_config", "train_static",
+__all__ = ["hand_designed_arch", "choose_baselines", "export_backbone", "front_backbones", "run_config", "subset_notice", "train_static",
            "baseline_command"]

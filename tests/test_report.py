@@ -755,3 +755,17 @@ def test_repeats_across_seeds_pool_one_recipe_and_keep_each_seed(tmp_path: Path)
     mean = rows["| **mean ± sd**"]
     assert mean[2:] == ["80.50% (n=1)", "80.50 ± 0.71% (n=2)", "71.00 ± 1.41% (n=2)", "17.5 ± 24.7% (n=2)",
                         "1 of 2 met", "lost 1.25 ± 0.35 points (n=2) |"]
+
+
+def test_baselines_warn_when_the_runs_saved_subsets_differ_from_the_command_line(tmp_path: Path) -> None:
+    from eval.baselines import run_config, subset_notice
+
+    cfg = tiny_cfg(tmp_path)  # train_subset 200, val_subset 100
+    save_config(tiny_cfg(tmp_path, "data.train_subset=64"), cfg.run_dir / "config.yaml")
+    run = run_config(cfg)
+    assert run.data.train_subset == 64  # the saved recipe still rules the baselines
+    notice = subset_notice(cfg, run)
+    assert notice is not None and "data.train_subset=64 there, 200 here" in notice
+    assert "val_subset" not in notice and str(cfg.run_dir / "config.yaml") in notice
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    assert subset_notice(cfg, run_config(cfg)) is None
