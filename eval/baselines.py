@@ -278,7 +278,7 @@ def run_config(cfg: Config, run_dir: Path | None = None) -> Config:
 def subset_notice(cfg: Config, run: Config) -> str | None:
     """A warning when the run's saved data subsets, which the baselines train and score on, are not the
     command line's: a vehicle supernet run on a subset would otherwise give subset-trained baselines
-    without a word (it happened in session 20)."""
+    without a word."""
     keys = [k for k in ("train_subset", "val_subset") if getattr(cfg.data, k) != getattr(run.data, k)]
     if not keys:
         return None
@@ -483,5 +483,5 @@ def baseline_command(cfg: Config, args: Any) -> int:
     return 0
 
 
-__all__ = ["hand_designed_arch", "choose_baselines", "export_backbone", "front_backbones", "run_config", "subset_notice", "train_static",
-           "baseline_command"]
+__all__ = ["hand_designed_arch", "choose_baselines", "export_backbone", "front_backbones", "run_config",
+           "subset_notice", "train_static", "baseline_command"]
