@@ -1062,8 +1062,13 @@ def cost_lines(run: RunData) -> list[str]:
     else:
         lines.append("- Search: not run.")
     if run.baselines:
-        tot = sum(b.get("train_seconds") or 0.0 for b in from_scratch(run))
-        lines.append(f"- Static baselines: {len(from_scratch(run))} trained, {duration(tot)} in all.")
+        # baselines copied in from another run are that run's cost: counted here they would count twice
+        own = [b for b in from_scratch(run) if (b.get("run") or run.name) == run.name]
+        copied = sorted({b["run"] for b in from_scratch(run) if b not in own})
+        tot = sum(b.get("train_seconds") or 0.0 for b in own)
+        lines.append(f"- Static baselines: {len(own)} trained, {duration(tot)} in all"
+                     + (f"; {len(from_scratch(run)) - len(own)} more copied in from "
+                        f"{', '.join(f'`{r}`' for r in copied)}, counted there" if copied else "") + ".")
     ref = REFERENCE_CANDIDATES * REFERENCE_EPOCHS
     lines.append(f"- Reference NACHOS search (published code): ~{REFERENCE_CANDIDATES} candidates x "
                  f"{REFERENCE_EPOCHS} epochs = ~{ref:,} network-epochs of fine-tuning, from ImageNet-pretrained "

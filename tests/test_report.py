@@ -200,7 +200,7 @@ def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_
     import shlex
 
     from eval.baselines import choose_baselines
-    from eval.report import baseline_commands, load_run, rank_correlation, run_section
+    from eval.report import baseline_commands, duration, load_run, rank_correlation, run_section
     from search.report import read_candidates
 
     cfg, _, exports, *_ = run_folder
@@ -241,6 +241,13 @@ def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_
                           f"{run_dir / 'baselines'}:",
                           f"nachos baseline --config {tmp_path / 'g' / 'config.yaml'} export.baselines=hand "
                           "export.baseline_epochs=7"]
+    # ... and its training time is run g's cost, not this run's
+    run = load_run(cfg, run_dir)
+    own = [b for b in run.baselines if b.get("run") != "g"]
+    cost = next(ln for ln in run_section(run, None).splitlines() if ln.startswith("- Static baselines:"))
+    assert cost == (f"- Static baselines: {len(own)} trained, "
+                    f"{duration(sum(b.get('train_seconds') or 0.0 for b in own))} in all; 1 more copied in from "
+                    "`g`, counted there.")
 
 
 def test_scored_baselines_spread_over_the_searched_backbones(run_folder, tmp_path: Path) -> None:
