@@ -1316,6 +1316,48 @@ def repeat_row(run: RunData, e: Export, ablation: list[dict[str, Any]]) -> dict[
             "met": best is not None and best["saving"] >= GOAL_SAVING}
 
 
+def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunData, Export, dict[str, Any]]]]:
+    """Per static network (by arch) that at least two of the seeds trained like-for-like
+    (``like_for_like``): [(run, export, that seed's static network), ...], cheapest network first, so
+    goal 2's head-to-head is read across seeds, not off one."""
+    groups: dict[str, list[tuple[RunData, Export, dict[str, Any]]]] = {}
+    for run, e in members:
+        for b in run.baselines:
+            if like_for_like(run, b):
+                groups.setdefault(str(b.get("arch_key") or b["tag"]), []).append((run, e, b))
+    kept = [g for g in groups.values() if len({run.cfg.seed for run, _, _ in g}) >= 2]
+    return sorted(kept, key=lambda g: min(b["macs"] for _, _, b in g))
+
+
+def rival_lines(members: list[tuple[RunData, Export]]) -> list[str]:
+    """Goal 2 across seeds: per static network repeated in the seeds, each seed's EEN point within
+    its MACs (the one validation picks, ``best_een_within``) against it, and the mean ± sd gap."""
+    out: list[str] = []
+    for group in repeat_rivals(members):
+        rows, gaps, statics, eens = [], [], [], []
+        for run, e, b in group:
+            found = best_een_within([e], b["macs"])
+            static = f"{pct(b['test_accuracy'])} at {mmacs(b['macs'])}" + (
+                f" (from `{b['run']}`)" if b.get("run") not in (None, run.name) else "")
+            statics.append(b["test_accuracy"])
+            if found is None:
+                rows.append([f"`{run.name}`", str(run.cfg.seed), static, "none at or below its MACs", "lost"])
+                continue
+            p = found[1]
+            gap = p["accuracy"] - b["test_accuracy"]
+            gaps.append(gap)
+            eens.append(p["accuracy"])
+            rows.append([f"`{run.name}`", str(run.cfg.seed), static,
+                         f"{pct(p['accuracy'])} at {mmacs(p['expected_macs'])} ({p['label']})", points(gap)])
+        won = sum(g > 0 for g in gaps)
+        rows.append(["**mean ± sd**", "", _mean_sd(statics), _mean_sd(eens),
+                     f"{_mean_sd(gaps, unit=' points')}; won {won} of {len(group)}"])
+        arch = group[0][2].get("arch_str") or group[0][2]["tag"]
+        out += [f"Against the static network `{arch}`, trained in each seed:", ""] + table(
+            ["run", "seed", "static network (test)", "EEN within its MACs (test)", "EEN - static"], rows) + [""]
+    return out
+
+
 def repeat_lines(runs: list[RunData]) -> list[str]:
     """Per export repeated across seeds: one row per seed and the mean ± sample sd, so a goal met
     by one seed is seen next to the others."""
@@ -1351,7 +1393,7 @@ def repeat_lines(runs: list[RunData]) -> list[str]:
         out += [f"### `{eid}`", ""] + table(
             ["run", "seed", "static network (no exits)", "final classifier", "first exit",
              f"largest saving within {100 * GOAL_MAX_LOSS:g} pt (test curve)", "goal 3",
-             "point chosen on validation alone (test)"], rows) + [""]
+             "point chosen on validation alone (test)"], rows) + [""] + rival_lines(members)
     short = [f"{run.name}/{e.id}" for run in runs if run.has_config for e in evaluated(run) if short_of_static(run, e)]
     if out:
         out = ["Losses and savings are against the better of the export's own final classifier and the "

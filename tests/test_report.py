@@ -735,8 +735,8 @@ def _plant_repeat(out: Path, name: str, seed: int, alone: float, first: float, p
     if static is not None:
         (cfg.run_dir / "baselines").mkdir()
         (cfg.run_dir / "baselines" / "hand.json").write_text(json.dumps(
-            dict({"epochs": cfg.train.epochs}, **static, tag="hand", arch_key="k", arch_str="w16[k3e1] f64",
-                 macs=1e6)))
+            dict({"epochs": cfg.train.epochs, "tag": "hand", "arch_key": "k", "arch_str": "w16[k3e1] f64",
+                  "macs": 1e6}, **static)))
     return cfg
 
 
@@ -762,6 +762,36 @@ def test_repeats_across_seeds_pool_one_recipe_and_keep_each_seed(tmp_path: Path)
     mean = rows["| **mean ± sd**"]
     assert mean[2:] == ["80.50% (n=1)", "80.50 ± 0.71% (n=2)", "71.00 ± 1.41% (n=2)", "17.5 ± 24.7% (n=2)",
                         "1 of 2 met", "lost 1.25 ± 0.35 points (n=2) |"]
+
+
+def test_repeats_across_seeds_pit_each_seeds_een_against_that_seeds_static_networks(tmp_path: Path) -> None:
+    # seed 0: validation picks 80.10% at 0.65 M within the static's 1 M: -0.40 points
+    a = _plant_repeat(tmp_path, "a", 0, 0.80, 0.70, [(0.798, 0.9e6), (0.801, 0.65e6), (0.79, 0.5e6)],
+                      (0.79, 0.5e6), {"test_accuracy": 0.805, "run": "g"}, "export.report_runs=[b,c]")
+    # seed 1: 80.00% at 0.80 M against 79.00%: +1.00 points
+    _plant_repeat(tmp_path, "b", 1, 0.81, 0.72, [(0.804, 0.95e6), (0.80, 0.8e6)], (0.80, 0.7e6),
+                  {"test_accuracy": 0.79})
+    # seed 2: its static network is cheaper than any of the EEN's points: lost, with no gap to average
+    c = _plant_repeat(tmp_path, "c", 2, 0.81, 0.72, [(0.80, 0.9e6)], (0.80, 0.9e6),
+                      {"test_accuracy": 0.80, "macs": 0.5e6})
+    # a static network only seed 2 trained, and one trained fewer epochs than the EENs: no head-to-head
+    (c.run_dir / "baselines" / "other.json").write_text(json.dumps(
+        {"epochs": c.train.epochs, "tag": "other", "arch_key": "o", "arch_str": "w8[k3e1] f32", "macs": 2e6,
+         "test_accuracy": 0.5}))
+    (c.run_dir / "baselines" / "short.json").write_text(json.dumps(
+        {"epochs": 0, "tag": "short", "arch_key": "k", "arch_str": "w16[k3e1] f64", "macs": 1e6,
+         "test_accuracy": 0.1}))
+    path, _ = write_report(a)
+    sec = _section(path.read_text(), "seeds:a")
+    assert sec.count("Against the static network") == 1 and "w8[k3e1]" not in sec
+    rivals = sec.split("Against the static network `w16[k3e1] f64`, trained in each seed:")[1]
+    rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in rivals.splitlines() if ln.startswith("| ")}
+    assert rows["| `a`"][1:] == ["0", "80.50% at 1.000 M (from `g`)", "80.10% at 0.650 M (thresholds [0.0])",
+                                 "-0.40 points |"]
+    assert rows["| `b`"][4] == "+1.00 points |"
+    assert rows["| `c`"][2:] == ["80.00% at 0.500 M", "none at or below its MACs", "lost |"]
+    assert rows["| **mean ± sd**"][2:] == ["79.83 ± 0.76% (n=3)", "80.05 ± 0.07% (n=2)",
+                                           "0.30 ± 0.99 points (n=2); won 1 of 3 |"]
 
 
 def test_baselines_warn_when_the_runs_saved_subsets_differ_from_the_command_line(tmp_path: Path) -> None:
