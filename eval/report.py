@@ -1319,12 +1319,13 @@ def repeat_row(run: RunData, e: Export, ablation: list[dict[str, Any]]) -> dict[
 def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunData, Export, dict[str, Any]]]]:
     """Per static network (by arch) that at least two of the seeds trained like-for-like
     (``like_for_like``): [(run, export, that seed's static network), ...], cheapest network first, so
-    goal 2's head-to-head is read across seeds, not off one."""
+    goal 2's head-to-head is read across seeds, not off one. Networks are matched by their arch
+    string: a baseline copied in from a run of another space keeps that space's arch key."""
     groups: dict[str, list[tuple[RunData, Export, dict[str, Any]]]] = {}
     for run, e in members:
         for b in run.baselines:
             if like_for_like(run, b):
-                groups.setdefault(str(b.get("arch_key") or b["tag"]), []).append((run, e, b))
+                groups.setdefault(str(b.get("arch_str") or b.get("arch_key") or b["tag"]), []).append((run, e, b))
     kept = [g for g in groups.values() if len({run.cfg.seed for run, _, _ in g}) >= 2]
     return sorted(kept, key=lambda g: min(b["macs"] for _, _, b in g))
 

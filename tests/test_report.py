@@ -768,9 +768,9 @@ def test_repeats_across_seeds_pit_each_seeds_een_against_that_seeds_static_netwo
     # seed 0: validation picks 80.10% at 0.65 M within the static's 1 M: -0.40 points
     a = _plant_repeat(tmp_path, "a", 0, 0.80, 0.70, [(0.798, 0.9e6), (0.801, 0.65e6), (0.79, 0.5e6)],
                       (0.79, 0.5e6), {"test_accuracy": 0.805, "run": "g"}, "export.report_runs=[b,c]")
-    # seed 1: 80.00% at 0.80 M against 79.00%: +1.00 points
+    # seed 1: 80.00% at 0.80 M against 79.00%, copied in from a run of another space (another arch key)
     _plant_repeat(tmp_path, "b", 1, 0.81, 0.72, [(0.804, 0.95e6), (0.80, 0.8e6)], (0.80, 0.7e6),
-                  {"test_accuracy": 0.79})
+                  {"test_accuracy": 0.79, "arch_key": "k-elsewhere", "run": "h"})
     # seed 2: its static network is cheaper than any of the EEN's points: lost, with no gap to average
     c = _plant_repeat(tmp_path, "c", 2, 0.81, 0.72, [(0.80, 0.9e6)], (0.80, 0.9e6),
                       {"test_accuracy": 0.80, "macs": 0.5e6})
@@ -788,7 +788,8 @@ def test_repeats_across_seeds_pit_each_seeds_een_against_that_seeds_static_netwo
     rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in rivals.splitlines() if ln.startswith("| ")}
     assert rows["| `a`"][1:] == ["0", "80.50% at 1.000 M (from `g`)", "80.10% at 0.650 M (thresholds [0.0])",
                                  "-0.40 points |"]
-    assert rows["| `b`"][4] == "+1.00 points |"
+    assert rows["| `b`"][2:] == ["79.00% at 1.000 M (from `h`)", "80.00% at 0.800 M (thresholds [0.0])",
+                                 "+1.00 points |"]
     assert rows["| `c`"][2:] == ["80.00% at 0.500 M", "none at or below its MACs", "lost |"]
     assert rows["| **mean ± sd**"][2:] == ["79.83 ± 0.76% (n=3)", "80.05 ± 0.07% (n=2)",
                                            "0.30 ± 0.99 points (n=2); won 1 of 3 |"]
