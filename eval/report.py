@@ -1320,12 +1320,17 @@ def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunD
     """Per static network (by arch) that at least two of the seeds trained like-for-like
     (``like_for_like``): [(run, export, that seed's static network), ...], cheapest network first, so
     goal 2's head-to-head is read across seeds, not off one. Networks are matched by their arch
-    string: a baseline copied in from a run of another space keeps that space's arch key."""
-    groups: dict[str, list[tuple[RunData, Export, dict[str, Any]]]] = {}
+    string (a baseline copied in from a run of another space keeps that space's arch key) and
+    epochs; a run holding two such, one trained there and one copied in, enters with its own."""
+    groups: dict[tuple[str, Any], list[tuple[RunData, Export, dict[str, Any]]]] = {}
     for run, e in members:
-        for b in run.baselines:
+        mine: dict[tuple[str, Any], dict[str, Any]] = {}
+        for b in sorted(run.baselines, key=lambda b: b.get("run") not in (None, run.name)):
+            key = (str(b.get("arch_str") or b.get("arch_key") or b["tag"]), b.get("epochs"))
             if like_for_like(run, b):
-                groups.setdefault(str(b.get("arch_str") or b.get("arch_key") or b["tag"]), []).append((run, e, b))
+                mine.setdefault(key, b)
+        for key, b in mine.items():
+            groups.setdefault(key, []).append((run, e, b))
     kept = [g for g in groups.values() if len({run.cfg.seed for run, _, _ in g}) >= 2]
     return sorted(kept, key=lambda g: min(b["macs"] for _, _, b in g))
 
@@ -1354,7 +1359,8 @@ def rival_lines(members: list[tuple[RunData, Export]]) -> list[str]:
         rows.append(["**mean ± sd**", "", _mean_sd(statics), _mean_sd(eens),
                      f"{_mean_sd(gaps, unit=' points')}; won {won} of {len(group)}"])
         arch = group[0][2].get("arch_str") or group[0][2]["tag"]
-        out += [f"Against the static network `{arch}`, trained in each seed:", ""] + table(
+        out += [f"Against the static network `{arch}`, trained {group[0][2].get('epochs')} epochs in each seed:",
+                ""] + table(
             ["run", "seed", "static network (test)", "EEN within its MACs (test)", "EEN - static"], rows) + [""]
     return out
 

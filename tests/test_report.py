@@ -781,10 +781,15 @@ def test_repeats_across_seeds_pit_each_seeds_een_against_that_seeds_static_netwo
     (c.run_dir / "baselines" / "short.json").write_text(json.dumps(
         {"epochs": 0, "tag": "short", "arch_key": "k", "arch_str": "w16[k3e1] f64", "macs": 1e6,
          "test_accuracy": 0.1}))
+    # the same network trained longer (seed 2 only), and a copy beside the one seed 2 trained itself
+    for tag, epochs, origin in (("a-longer", c.train.epochs + 5, None), ("zz-copy", c.train.epochs, "elsewhere")):
+        (c.run_dir / "baselines" / f"{tag}.json").write_text(json.dumps(
+            {"epochs": epochs, "tag": tag, "arch_key": "k", "arch_str": "w16[k3e1] f64", "macs": 1e6,
+             "test_accuracy": 0.2, "run": origin}))
     path, _ = write_report(a)
     sec = _section(path.read_text(), "seeds:a")
     assert sec.count("Against the static network") == 1 and "w8[k3e1]" not in sec
-    rivals = sec.split("Against the static network `w16[k3e1] f64`, trained in each seed:")[1]
+    rivals = sec.split(f"Against the static network `w16[k3e1] f64`, trained {c.train.epochs} epochs in each seed:")[1]
     rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in rivals.splitlines() if ln.startswith("| ")}
     assert rows["| `a`"][1:] == ["0", "80.50% at 1.000 M (from `g`)", "80.10% at 0.650 M (thresholds [0.0])",
                                  "-0.40 points |"]
