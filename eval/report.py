@@ -213,6 +213,16 @@ def from_scratch(run: RunData) -> list[dict[str, Any]]:
     return [b for b in run.baselines if b.get("origin", {}).get("kind") != "no-exit control"]
 
 
+def copied_from(run: RunData, b: dict[str, Any]) -> str | None:
+    """The run that trained baseline ``b`` when its file was copied into ``run`` from there, else None."""
+    return b["run"] if b.get("run") not in (None, run.name) else None
+
+
+def from_note(run: RunData, b: dict[str, Any]) -> str:
+    src = copied_from(run, b)
+    return f" (from `{src}`)" if src else ""
+
+
 def no_exit_control(run: RunData, e: Export) -> dict[str, Any] | None:
     """A no-exit control export (``Export.control``) as a static baseline: its final classifier on
     every test image, at its backbone's MACs, trained for the epochs of the static network under it
@@ -910,7 +920,7 @@ def baseline_commands(run: RunData, base: str) -> list[str]:
     for b in from_scratch(run):
         origin = b.get("origin", {})
         key = origin.get("export") if origin.get("kind") == "export backbone" else origin.get("kind", "?")
-        groups.setdefault((b.get("run") or run.name, int(b["epochs"]), str(key)), []).append(b)
+        groups.setdefault((copied_from(run, b) or run.name, int(b["epochs"]), str(key)), []).append(b)
     lines = []
     for (src, epochs, key), bs in sorted(groups.items(), key=lambda kv: (kv[0][0] != run.name, kv[0])):
         cmd_base = base
@@ -1023,8 +1033,8 @@ def baseline_lines(run: RunData) -> list[str]:
                 een = (f"{c['een'].id} ({p['label']}): {pct(p['accuracy'])} @ {mmacs(p['expected_macs'])} "
                        f"({points(c['gap'])})")
             kind = b.get("origin", {}).get("kind", "?")
-            if b.get("run") not in (None, run.name):
-                kind += f", trained in run `{b['run']}`"
+            if copied_from(run, b):
+                kind += f", trained in run `{copied_from(run, b)}`"
             rows.append([b["tag"], kind, f"`{b.get('arch_str', '')}`", b["epochs"],
                          pct(b["test_accuracy"]), pct(b.get("val_accuracy")), mmacs(b["macs"]), f"{b['params']:,}",
                          duration(b.get("train_seconds")), b.get("device", "?"), een])
@@ -1063,8 +1073,8 @@ def cost_lines(run: RunData) -> list[str]:
         lines.append("- Search: not run.")
     if run.baselines:
         # baselines copied in from another run are that run's cost: counted here they would count twice
-        own = [b for b in from_scratch(run) if (b.get("run") or run.name) == run.name]
-        copied = sorted({b["run"] for b in from_scratch(run) if b not in own})
+        own = [b for b in from_scratch(run) if not copied_from(run, b)]
+        copied = sorted({copied_from(run, b) for b in from_scratch(run)} - {None})
         tot = sum(b.get("train_seconds") or 0.0 for b in own)
         lines.append(f"- Static baselines: {len(own)} trained, {duration(tot)} in all"
                      + (f"; {len(from_scratch(run)) - len(own)} more copied in from "
@@ -1325,8 +1335,8 @@ def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunD
     groups: dict[tuple[str, Any], list[tuple[RunData, Export, dict[str, Any]]]] = {}
     for run, e in members:
         mine: dict[tuple[str, Any], dict[str, Any]] = {}
-        for b in sorted(run.baselines, key=lambda b: b.get("run") not in (None, run.name)):
-            key = (str(b.get("arch_str") or b.get("arch_key") or b["tag"]), b.get("epochs"))
+        for b in sorted(run.baselines, key=lambda b: copied_from(run, b) is not None):
+            key = (str(b.get("arch_str") or b["tag"]), b.get("epochs"))
             if like_for_like(run, b):
                 mine.setdefault(key, b)
         for key, b in mine.items():
@@ -1343,8 +1353,7 @@ def rival_lines(members: list[tuple[RunData, Export]]) -> list[str]:
         rows, gaps, statics, eens = [], [], [], []
         for run, e, b in group:
             found = best_een_within([e], b["macs"])
-            static = f"{pct(b['test_accuracy'])} at {mmacs(b['macs'])}" + (
-                f" (from `{b['run']}`)" if b.get("run") not in (None, run.name) else "")
+            static = f"{pct(b['test_accuracy'])} at {mmacs(b['macs'])}{from_note(run, b)}"
             statics.append(b["test_accuracy"])
             if found is None:
                 rows.append([f"`{run.name}`", str(run.cfg.seed), static, "none at or below its MACs", "lost"])
@@ -1358,8 +1367,9 @@ def rival_lines(members: list[tuple[RunData, Export]]) -> list[str]:
         won = sum(g > 0 for g in gaps)
         rows.append(["**mean ± sd**", "", _mean_sd(statics), _mean_sd(eens),
                      f"{_mean_sd(gaps, unit=' points')}; won {won} of {len(group)}"])
-        arch = group[0][2].get("arch_str") or group[0][2]["tag"]
-        out += [f"Against the static network `{arch}`, trained {group[0][2].get('epochs')} epochs in each seed:",
+        first = group[0][2]
+        out += [f"Against the static network `{first.get('arch_str') or first['tag']}`, trained {first.get('epochs')} "
+                "epochs in each seed:",
                 ""] + table(
             ["run", "seed", "static network (test)", "EEN within its MACs (test)", "EEN - static"], rows) + [""]
     return out
@@ -1375,8 +1385,7 @@ def repeat_lines(runs: list[RunData]) -> list[str]:
         rows, stats = [], [repeat_row(run, e, ablation[run.name]) for run, e in members]
         for (run, _), st in zip(members, stats):
             b = st["static"]
-            static = "-" if b is None else pct(b["test_accuracy"]) + (
-                f" (from `{b['run']}`)" if b.get("run") not in (None, run.name) else "")
+            static = "-" if b is None else pct(b["test_accuracy"]) + from_note(run, b)
             if st["best"] is not None:
                 r = st["best"]
                 best = (f"{pct(r['saving'], 1)}: {pct(r['accuracy'])} at {mmacs(r['expected_macs'])} "
