@@ -1,5 +1,5 @@
 """Benchmarks: each module in this folder defines ``run(args) -> None`` printing BENCH lines."""
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -22,3 +22,16 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def fastest_interleaved(steps: dict[Hashable, Callable[[], float]], warmup: int, repeats: int) -> dict[Hashable, float]:
+    """Fastest time each of ``steps`` (callables returning their own seconds) takes, run in turn
+    after ``warmup`` untimed rounds: interleaved, so load from other processes hits all alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[Hashable, list[float]] = {key: [] for key in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():
+            times[key].append(step())
+    return {key: min(t) for key, t in times.items()}

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench import bench_line, one_thread
+from bench import bench_line, fastest_interleaved, one_thread
 from eval.baselines import hand_designed_arch
 from nachos.config import load_config
 from supernet.space import SearchSpace
@@ -46,14 +47,9 @@ def run(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = StaticEENet.from_config(cfg.space, cfg.exits, arch, [1, 2, 3]).train().to(memory_format=fmt)
         runs[fmt] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), x.contiguous(memory_format=fmt))
-    for _ in range(warmup):
-        for model, opt, xb in runs.values():
-            _step(model, opt, xb, y)
-    times: dict[torch.memory_format, list[float]] = {fmt: [] for fmt in runs}
-    for _ in range(repeats):  # interleaved, so load from other processes hits both alike
-        for fmt, (model, opt, xb) in runs.items():
-            times[fmt].append(_step(model, opt, xb, y))
-    nchw, nhwc = min(times[torch.contiguous_format]), min(times[torch.channels_last])
+    fastest = fastest_interleaved({fmt: partial(_step, model, opt, xb, y) for fmt, (model, opt, xb) in runs.items()},
+                                  warmup, repeats)
+    nchw, nhwc = fastest[torch.contiguous_format], fastest[torch.channels_last]
     print(f"hand network {arch}, exits [1, 2, 3], batch {batch}, fwd+bwd+SGD, 1 thread: "
           f"NCHW {nchw * 1e3:.0f} ms, channels_last {nhwc * 1e3:.0f} ms", flush=True)
     bench_line("train_step_channels_last_speedup", nchw / nhwc, "x", ">=", 1.3)

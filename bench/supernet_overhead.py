@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from bench import bench_line, one_thread
+from bench import bench_line, fastest_interleaved, one_thread
 from nachos.config import load_config
 from supernet.network import create_supernet
 from supernet.space import Arch
@@ -36,14 +37,9 @@ def _ratio(supernet: nn.Module, arch: Arch, x: torch.Tensor, warmup: int, repeat
     """Fastest step time of the supernet running ``arch`` and of its extracted static copy."""
     supernet.set_active(arch)
     static = supernet.extract(arch).train()
-    for _ in range(warmup):
-        _step(supernet, x)
-        _step(static, x)
-    elastic_t, static_t = [], []
-    for _ in range(repeats):  # interleaved, so load from other processes hits both alike
-        elastic_t.append(_step(supernet, x))
-        static_t.append(_step(static, x))
-    return min(elastic_t), min(static_t)
+    fastest = fastest_interleaved({"elastic": partial(_step, supernet, x), "static": partial(_step, static, x)},
+                                  warmup, repeats)
+    return fastest["elastic"], fastest["static"]
 
 
 @one_thread()

@@ -119,7 +119,8 @@ class TrainConfig:
     kd_temperature: float = _f(1.0, lo=0.1, help="temperature of in-place distillation")
     kd_loss: str = _f("kl", choices=("kl", "alpha"), help="in-place distillation divergence")
     bn_calib_batches: int = _f(20, lo=1, help="batches for BN recalibration before validation")
-    amp: bool = _f(True, help="bf16 autocast on GPU (ignored on CPU)")
+    amp: bool = _f(True, help="bf16 autocast on GPU (ignored on CPU, where it is slower: python -m bench "
+                                "cpu_precision)")
     channels_last: bool = _f(True, help="channels_last memory format on CPU (~1.6x with oneDNN); GPUs stay "
                                         "contiguous (see nachos.runtime.memory_format)")
     compile: bool = _f(False, help="torch.compile the supernet")
