@@ -10,51 +10,29 @@ inverted on purpose: below 1, fp32 on CPU is right; at 1 or more, ``train.amp`` 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import time
 from functools import partial
-from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from bench import bench_line, fastest_interleaved, one_thread
-from eval.baselines import hand_designed_arch
-from nachos.config import load_config
-from supernet.space import SearchSpace
+from bench.memory_format import hand_network_batch, train_step
 from supernet.static import StaticEENet
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10-long.yaml"
-
-
-def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> float:
-    start = time.perf_counter()
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-        outputs = model(x)
-    sum(F.cross_entropy(o.float(), y) for o in outputs).backward()
-    opt.step()
-    return time.perf_counter() - start
 
 
 @one_thread()
 def run(args: argparse.Namespace) -> None:
     quick = bool(getattr(args, "quick", False))
     batch, warmup, repeats = (32, 1, 3) if quick else (256, 2, 5)
-    cfg = load_config(CONFIG, ["exits.head_max_map=4"], device_type="cpu")
-    arch = hand_designed_arch(SearchSpace.from_config(cfg.space))
-    x = torch.randn(batch, cfg.space.in_channels, cfg.space.input_size, cfg.space.input_size)
+    cfg, arch, x, y = hand_network_batch(batch)
     x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, cfg.space.num_classes, (batch,))
     runs = {}
     for bf16 in (False, True):
         torch.manual_seed(0)
         model = StaticEENet.from_config(cfg.space, cfg.exits, arch, [1, 2, 3]).train()
         model = model.to(memory_format=torch.channels_last)
         runs[bf16] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
-    fastest = fastest_interleaved({bf16: partial(_step, model, opt, x, y, bf16) for bf16, (model, opt) in runs.items()},
-                                  warmup, repeats)
+    steps = {bf16: partial(train_step, model, opt, x, y, bf16) for bf16, (model, opt) in runs.items()}
+    fastest = fastest_interleaved(steps, warmup, repeats)
     fp32, bf16 = fastest[False], fastest[True]
     print(f"hand network {arch}, exits [1, 2, 3], batch {batch}, fwd+bwd+SGD, channels_last, 1 thread: "
           f"fp32 {fp32 * 1e3:.0f} ms, bf16 autocast {bf16 * 1e3:.0f} ms", flush=True)
