@@ -1033,8 +1033,8 @@ def baseline_lines(run: RunData) -> list[str]:
                 een = (f"{c['een'].id} ({p['label']}): {pct(p['accuracy'])} @ {mmacs(p['expected_macs'])} "
                        f"({points(c['gap'])})")
             kind = b.get("origin", {}).get("kind", "?")
-            if copied_from(run, b):
-                kind += f", trained in run `{copied_from(run, b)}`"
+            if src := copied_from(run, b):
+                kind += f", trained in run `{src}`"
             rows.append([b["tag"], kind, f"`{b.get('arch_str', '')}`", b["epochs"],
                          pct(b["test_accuracy"]), pct(b.get("val_accuracy")), mmacs(b["macs"]), f"{b['params']:,}",
                          duration(b.get("train_seconds")), b.get("device", "?"), een])
