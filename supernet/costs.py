@@ -718,10 +718,16 @@ class MacTable:
 
 
 # ----------------------------------------------------------------------------- ground truth
+def segment_macs(net: StaticEENet) -> tuple[list[int], list[int]]:
+    """ptflops on every backbone segment and every selected head of an extracted network."""
+    segs = [count_macs(s, shape) for s, shape in zip(net.segments, net.segment_input_shapes)]
+    heads = [count_macs(h, shape) for h, shape in zip(net.heads, net.head_input_shapes)]
+    return segs, heads
+
+
 def profile_exit_costs(net: StaticEENet) -> np.ndarray:
     """ptflops on an extracted network's segments and heads, cumulated as ``exit_costs`` does."""
-    segs = np.array([count_macs(s, shape) for s, shape in zip(net.segments, net.segment_input_shapes)], dtype=np.int64)
-    heads = np.array([count_macs(h, shape) for h, shape in zip(net.heads, net.head_input_shapes)], dtype=np.int64)
+    segs, heads = (np.array(m, dtype=np.int64) for m in segment_macs(net))
     backbone, cum_heads = np.cumsum(segs), np.cumsum(heads)
     exits = backbone[:len(heads)] + cum_heads
     return np.append(exits, backbone[-1] + (cum_heads[-1] if len(heads) else 0)).astype(np.float64)
@@ -849,4 +855,4 @@ def macs_command(cfg: Config, args: argparse.Namespace) -> int:
 __all__ = ["CONVENTION", "LATENCY_CONVENTION", "METRICS", "Item", "LatencyCheck", "MacTable", "MacsCheck",
            "TableMismatchError", "block_key", "carrier_chains", "count_macs", "count_params", "device_name",
            "enumerate_items", "heads_hash", "macs_command", "measure_latency", "network_items", "profile_exit_costs",
-           "random_exit_set", "table_path", "time_in_situ", "verify_latency", "verify_macs"]
+           "random_exit_set", "segment_macs", "table_path", "time_in_situ", "verify_latency", "verify_macs"]

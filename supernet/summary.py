@@ -1,52 +1,21 @@
 """``nachos space``: what a config's search space contains and what its extremes cost (and, with
 ``--arch 'w16[k3e1] ... f128'``, what given networks of it cost: say, to pick static rivals).
 
-MACs are counted by ptflops with its ``aten`` backend: every convolution and matrix multiply
-that actually runs (F.conv2d / F.linear included, not only nn.Conv2d modules), batch 1, one
-multiply-accumulate per weight use plus one per output element for a bias. BatchNorm,
-activations, pooling and the SE gate multiply are not counted. On this project's networks
-that is exact (checked by hand for the smallest CIFAR-10 subnet: 945,042). The ``pytorch``
-backend would add BN, activation and pooling element counts, which is why it is not used.
+MACs follow ``supernet.costs``'s convention (ptflops, ``aten`` backend, batch 1; BN, activations,
+pooling and the SE gate multiply count zero); on this project's networks it is exact (checked by
+hand for the smallest CIFAR-10 subnet: 945,042).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
-import io
-from collections.abc import Sequence
-
-import torch.nn as nn
-from ptflops import get_model_complexity_info
 
 from exits.heads import HEAD_KINDS
 from nachos.config import Config
 from nachos.runtime import RunError
+from supernet.costs import count_macs, count_params, segment_macs
 from supernet.network import create_supernet
 from supernet.space import Arch, SearchSpace
-from supernet.static import StaticEENet
-
-
-def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
-    """MACs of one forward of ``module`` on a batch of one ``input_shape`` (C, H, W) input."""
-    # ptflops registers hooks it never removes and switches the model to eval: count a copy
-    probe = copy.deepcopy(module)
-    macs, _ = get_model_complexity_info(probe, tuple(input_shape), as_strings=False, print_per_layer_stat=False,
-                                        backend="aten", ost=io.StringIO())
-    if macs is None:
-        raise RuntimeError(f"ptflops could not count the MACs of {type(module).__name__}")
-    return int(macs)
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def segment_macs(net: StaticEENet) -> tuple[list[int], list[int]]:
-    """MACs of every backbone segment and of every selected head of a static network."""
-    segs = [count_macs(s, shape) for s, shape in zip(net.segments, net.segment_input_shapes)]
-    heads = [count_macs(h, shape) for h, shape in zip(net.heads, net.head_input_shapes)]
-    return segs, heads
 
 
 def _m(n: float | None) -> str:

@@ -345,7 +345,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
 def test_cache_matches_extracted_network(tiny_run) -> None:
     from exits.policies import class_logits, decide_exits, exit_confidence
     from supernet.bn import recalibrate_bn
-    from supernet.summary import segment_macs
+    from supernet.costs import segment_macs
 
     cfg, backend, res = tiny_run
     assert res.exit_code == 0 and res.front

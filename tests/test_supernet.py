@@ -19,7 +19,7 @@ from supernet.bn import recalibrate_bn
 from supernet.network import ElasticSupernet, create_supernet
 from supernet.space import Arch, SearchSpace
 from supernet.static import HeadSettings, StaticEENet
-from supernet.summary import count_macs
+from supernet.costs import count_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 
