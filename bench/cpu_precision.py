@@ -15,7 +15,7 @@ from functools import partial
 import torch
 
 from bench import bench_line, fastest_interleaved, one_thread
-from bench.memory_format import hand_network_batch, train_step
+from bench._hand_step import hand_network_batch, train_step
 from supernet.static import StaticEENet
 
 
