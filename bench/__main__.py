@@ -13,13 +13,17 @@ import traceback
 from pathlib import Path
 
 
+def benchmark_names() -> list[str]:
+    """Every module of this folder whose name does not start with ``_`` (those hold shared helpers)."""
+    return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if not m.name.startswith("_"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("names", nargs="*", help="benchmark modules to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = parser.parse_args()
-    here = Path(__file__).parent
-    names = args.names or sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+    names = args.names or benchmark_names()
     failed = 0
     for name in names:
         print(f"# bench {name}", flush=True)
