@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from eval.baselines import hand_designed_arch
 from nachos.config import Config, load_config
 from supernet.space import Arch, SearchSpace
+from supernet.static import StaticEENet
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cifar10-long.yaml"
 
@@ -36,3 +37,10 @@ def hand_network_batch(batch: int) -> tuple[Config, Arch, torch.Tensor, torch.Te
     arch = hand_designed_arch(SearchSpace.from_config(cfg.space))
     x = torch.randn(batch, cfg.space.in_channels, cfg.space.input_size, cfg.space.input_size)
     return cfg, arch, x, torch.randint(0, cfg.space.num_classes, (batch,))
+
+
+def hand_model(cfg: Config, arch: Arch, memory_format: torch.memory_format) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The network with exits [1, 2, 3] from seed 0 (the same weights for every variant timed) and its SGD."""
+    torch.manual_seed(0)
+    model = StaticEENet.from_config(cfg.space, cfg.exits, arch, [1, 2, 3]).train().to(memory_format=memory_format)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

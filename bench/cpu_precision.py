@@ -15,8 +15,7 @@ from functools import partial
 import torch
 
 from bench import bench_line, fastest_interleaved, one_thread
-from bench._hand_step import hand_network_batch, train_step
-from supernet.static import StaticEENet
+from bench._hand_step import hand_model, hand_network_batch, train_step
 
 
 @one_thread()
@@ -25,13 +24,8 @@ def run(args: argparse.Namespace) -> None:
     batch, warmup, repeats = (32, 1, 3) if quick else (256, 2, 5)
     cfg, arch, x, y = hand_network_batch(batch)
     x = x.contiguous(memory_format=torch.channels_last)
-    runs = {}
-    for bf16 in (False, True):
-        torch.manual_seed(0)
-        model = StaticEENet.from_config(cfg.space, cfg.exits, arch, [1, 2, 3]).train()
-        model = model.to(memory_format=torch.channels_last)
-        runs[bf16] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
-    steps = {bf16: partial(train_step, model, opt, x, y, bf16) for bf16, (model, opt) in runs.items()}
+    steps = {bf16: partial(train_step, *hand_model(cfg, arch, torch.channels_last), x, y, bf16)
+             for bf16 in (False, True)}
     fastest = fastest_interleaved(steps, warmup, repeats)
     fp32, bf16 = fastest[False], fastest[True]
     print(f"hand network {arch}, exits [1, 2, 3], batch {batch}, fwd+bwd+SGD, channels_last, 1 thread: "

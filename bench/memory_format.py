@@ -13,8 +13,7 @@ from functools import partial
 import torch
 
 from bench import bench_line, fastest_interleaved, one_thread
-from bench._hand_step import hand_network_batch, train_step
-from supernet.static import StaticEENet
+from bench._hand_step import hand_model, hand_network_batch, train_step
 
 
 @one_thread()
@@ -22,12 +21,8 @@ def run(args: argparse.Namespace) -> None:
     quick = bool(getattr(args, "quick", False))
     batch, warmup, repeats = (32, 1, 3) if quick else (256, 2, 7)
     cfg, arch, x, y = hand_network_batch(batch)
-    runs = {}
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        torch.manual_seed(0)
-        model = StaticEENet.from_config(cfg.space, cfg.exits, arch, [1, 2, 3]).train().to(memory_format=fmt)
-        runs[fmt] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), x.contiguous(memory_format=fmt))
-    steps = {fmt: partial(train_step, model, opt, xb, y) for fmt, (model, opt, xb) in runs.items()}
+    steps = {fmt: partial(train_step, *hand_model(cfg, arch, fmt), x.contiguous(memory_format=fmt), y)
+             for fmt in (torch.contiguous_format, torch.channels_last)}
     fastest = fastest_interleaved(steps, warmup, repeats)
     nchw, nhwc = fastest[torch.contiguous_format], fastest[torch.channels_last]
     print(f"hand network {arch}, exits [1, 2, 3], batch {batch}, fwd+bwd+SGD, 1 thread: "

@@ -16,10 +16,10 @@ import torch.nn as nn
 from exits.heads import create_exit_head, nachos_pool_size, scale_gradient
 from nachos.config import load_config
 from supernet.bn import recalibrate_bn
+from supernet.costs import count_macs
 from supernet.network import ElasticSupernet, create_supernet
 from supernet.space import Arch, SearchSpace
 from supernet.static import HeadSettings, StaticEENet
-from supernet.costs import count_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 
