@@ -134,12 +134,15 @@ def parents(cfg: Config, export_dir: str | None, config_path: str | None = None)
 
 def _fingerprint(manifest: dict[str, Any], src: Config, init: str, epochs: int, lr: float,
                  warmup_epochs: float) -> str:
-    recipe = {"parent_weights": manifest.get("files", {}).get(manifest.get("weights", "")),
-              "thresholds": manifest["thresholds"], "epochs": epochs, "lr": lr, "seed": src.seed,
-              "train": dataclasses.asdict(src.train), "augment": dataclasses.asdict(src.data.augment),
-              "batch_size": src.data.batch_size, "exits": dataclasses.asdict(src.exits)}
-    if init != "inherited":  # (keeps the fingerprints of inherited-weight fine-tunes as they were)
-        recipe.update(init=init, warmup_epochs=warmup_epochs)
+    recipe = {"epochs": epochs, "lr": lr, "seed": src.seed, "train": dataclasses.asdict(src.train),
+              "augment": dataclasses.asdict(src.data.augment), "batch_size": src.data.batch_size,
+              "exits": dataclasses.asdict(src.exits)}
+    if init == "inherited":  # training goes on from the parent's weights
+        recipe.update(parent_weights=manifest.get("files", {}).get(manifest.get("weights", "")),
+                      thresholds=manifest["thresholds"])
+    else:  # fresh weights: only the network's shape carries over, so a re-export (whose BN statistics
+        # may differ in the last bits) must not throw away hours of training
+        recipe.update(init=init, warmup_epochs=warmup_epochs, network=manifest["description"])
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -169,6 +169,45 @@ def test_scratch_init_retrains_from_the_static_baselines_start(exported, tmp_pat
     assert info["init"] == "scratch" and info["parent"] == parent.name
 
 
+def _reexport_with_other_bits(folder: Path) -> None:
+    """What a re-export may do: the same network whose BN statistics differ in the last bits."""
+    from safetensors.torch import load_file, save_file
+
+    from eval.onnx_runner import sha256_file
+
+    m = json.loads((folder / "arch.json").read_text())
+    path = folder / m["weights"]
+    weights = load_file(path)
+    key = next(k for k in weights if k.endswith("running_mean"))
+    weights[key] = weights[key] + 1e-6
+    save_file(weights, path)
+    m["files"][m["weights"]] = sha256_file(path)
+    (folder / "arch.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("init, kept", [("scratch", True), ("inherited", False)])
+def test_a_reexported_parent_keeps_fresh_weight_checkpoints_only(exported, tmp_path: Path, monkeypatch,
+                                                                  init: str, kept: bool) -> None:
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, f"export.finetune_init={init}", "export.finetune_epochs=1", "export.onnx=false",
+               "export.torchscript=false")
+    parent = _copy(parent, run)
+    fingerprints = []
+
+    def fake_train(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0, **_):
+        fingerprints.append(fingerprint)
+        return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": 0, "train_seconds": 0.0,
+                "history": []}
+
+    monkeypatch.setattr(ft, "train", fake_train)
+    ft.finetune_export(parent, run)
+    _reexport_with_other_bits(parent)
+    ft.finetune_export(parent, run)  # a finished export with the same fingerprint is not trained again
+    assert len(fingerprints) == (1 if kept else 2)
+    if not kept:
+        assert fingerprints[0] != fingerprints[1]
+
+
 @pytest.mark.slow
 def test_static_init_trains_only_new_heads_on_the_static_baselines_backbone(exported, tmp_path: Path) -> None:
     from eval.baselines import train_static
