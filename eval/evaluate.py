@@ -542,10 +542,10 @@ def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, 
     """The trained supernet's largest and smallest subnets on the TEST split, each exit and the
     final classifier, after the same BN recalibration as validation during training; writes
     ``<run_dir>/supernet_test.json``. For the report only: the search never sees these figures."""
-    from nachos.data import load_splits, make_loader
+    from nachos.data import calibration_batches, load_splits, make_loader
     from search.backend import build_supernet, load_checkpoint
     from supernet.space import SearchSpace
-    from supernet.train import autocast_factory, calibration_batches, evaluate_subnet
+    from supernet.train import autocast_factory, evaluate_subnet
 
     device = resolve_device(cfg.device)
     if cfg.num_threads:
@@ -557,7 +557,8 @@ def evaluate_supernet(cfg: Config, config_path: str | None = None) -> dict[str, 
     model = model.to(device, memory_format=fmt)
     splits = load_splits(cfg)
     calib = [xb.contiguous(memory_format=fmt) for xb in
-             calibration_batches(cfg, splits.train_x, splits.train_y, splits.mean, splits.std, device)]
+             calibration_batches(cfg, splits.train_x, splits.train_y, splits.mean, splits.std, device,
+                                 cfg.train.bn_calib_batches)]
     order = test_order(splits.test_y, splits.num_classes, cfg.export.test_subset, cfg.seed)
     loader = make_loader(cfg, splits.test_x[order], splits.test_y[order], device, train=False, seed=cfg.seed,
                          mean=splits.mean, std=splits.std)

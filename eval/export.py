@@ -351,18 +351,13 @@ class Exporter:
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """The search's BN batches (same seed, same images), or as many as export.bn_calib_batches asks."""
-        from nachos.data import derived_generator, make_loader
+        from nachos.data import calibration_batches
 
         n_batches = self.cfg.export.bn_calib_batches or self.cfg.search.bn_calib_batches
         if n_batches == self.cfg.search.bn_calib_batches:
             return self.backend.calibration_batches()
-        s, cfg = self.backend.splits, self.cfg
-        n = min(len(s.train_x), n_batches * cfg.data.batch_size)
-        pick = torch.randperm(len(s.train_x), generator=derived_generator(cfg.seed, "bn-calib"))[:n]
-        loader = make_loader(cfg, s.train_x[pick], s.train_y[pick], self.backend.device, train=False, seed=cfg.seed,
-                             mean=s.mean, std=s.std)
-        loader.batch_size = cfg.data.batch_size
-        return [x for x, _ in loader]
+        s = self.backend.splits
+        return calibration_batches(self.cfg, s.train_x, s.train_y, s.mean, s.std, self.backend.device, n_batches)
 
     def check_images(self, n: int) -> torch.Tensor:
         """``n`` random validation images, normalised (splits may be stored sorted by class)."""

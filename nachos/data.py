@@ -655,6 +655,17 @@ def make_loader(cfg: Config, x: torch.Tensor, y: torch.Tensor, device: torch.dev
                         cutout=aug.cutout)
 
 
+def calibration_batches(cfg: Config, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                        device: torch.device | str, num_batches: int) -> list[torch.Tensor]:
+    """Fixed un-augmented training batches for BN recalibration: the same images for every epoch, subnet
+    and command of a run (seeded by the run's seed), at the training batch size because BN statistics
+    depend on the batch size."""
+    n = min(len(x), num_batches * cfg.data.batch_size)
+    pick = torch.randperm(len(x), generator=derived_generator(cfg.seed, "bn-calib"))[:n]
+    loader = TensorLoader(x[pick], y[pick], cfg.data.batch_size, mean=mean, std=std, device=device)
+    return [xb for xb, _ in loader]
+
+
 # ----------------------------------------------------------------------------- command
 def _count_table(splits: Splits) -> list[str]:
     counts = {name: torch.bincount(getattr(splits, f"{name}_y"), minlength=splits.num_classes).tolist()

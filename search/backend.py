@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from nachos.config import Config
-from nachos.data import derived_generator, load_splits, make_loader
+from nachos.data import calibration_batches, load_splits, make_loader
 from nachos.runtime import RunError, resolve_device
 from search.cache import CacheStore, Timer, compute_cache, file_digest, fingerprint, tensor_digest
 from search.scoring import BackboneCache
@@ -137,13 +137,9 @@ class SupernetBackend:
     def calibration_batches(self) -> list[torch.Tensor]:
         """Fixed un-augmented training batches at the training batch size, the same for every arch."""
         if self._calib is None:
-            s, cfg = self.splits, self.cfg
-            n = min(len(s.train_x), cfg.search.bn_calib_batches * cfg.data.batch_size)
-            pick = torch.randperm(len(s.train_x), generator=derived_generator(cfg.seed, "bn-calib"))[:n]
-            loader = make_loader(cfg, s.train_x[pick], s.train_y[pick], self.device, train=False, seed=cfg.seed,
-                                 mean=s.mean, std=s.std)
-            loader.batch_size = cfg.data.batch_size
-            self._calib = [x for x, _ in loader]
+            s = self.splits
+            self._calib = calibration_batches(self.cfg, s.train_x, s.train_y, s.mean, s.std, self.device,
+                                              self.cfg.search.bn_calib_batches)
         return self._calib
 
     def val_loader(self) -> Any:

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from exits import losses as exit_losses
 from exits.policies import class_logits, exit_confidence
 from nachos.config import Config, config_to_dict, load_config, save_config
-from nachos.data import TensorLoader, balanced_pick, derived_generator, load_splits, make_loader
+from nachos.data import balanced_pick, calibration_batches, derived_generator, load_splits, make_loader
 from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format,
                             resolve_device, rng_state, seed_everything, set_rng_state)
 from nachos.tracking import Tracker
@@ -311,16 +311,6 @@ def member_loss(model: nn.Module, arch: Arch, x: torch.Tensor, y: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------- validation
-def calibration_batches(cfg: Config, x: torch.Tensor, y: torch.Tensor, mean: tuple[float, ...],
-                        std: tuple[float, ...], device: torch.device) -> list[torch.Tensor]:
-    """Fixed un-augmented training batches for BN recalibration (the same every epoch)."""
-    n = min(len(x), cfg.train.bn_calib_batches * cfg.data.batch_size)
-    pick = torch.randperm(len(x), generator=derived_generator(cfg.seed, "bn-calib"))[:n]
-    # BN statistics at the training batch size, not the (larger) evaluation one
-    loader = TensorLoader(x[pick], y[pick], cfg.data.batch_size, mean=mean, std=std, device=device)
-    return [xb for xb, _ in loader]
-
-
 def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
     edges = torch.linspace(0, 1, bins + 1, device=conf.device)
     which = torch.bucketize(conf.clamp(0, 1), edges[1:-1])
@@ -485,7 +475,8 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     mean, std = splits.mean, splits.std
     loader = make_loader(cfg, splits.train_x, splits.train_y, device, train=True, seed=cfg.seed, mean=mean, std=std)
     val_loader = make_loader(cfg, splits.val_x, splits.val_y, device, train=False, seed=cfg.seed, mean=mean, std=std)
-    calib = calibration_batches(cfg, splits.train_x, splits.train_y, mean, std, device) if ddp.main else []
+    calib = calibration_batches(cfg, splits.train_x, splits.train_y, mean, std, device,
+                                 cfg.train.bn_calib_batches) if ddp.main else []
     calib = [xb.contiguous(memory_format=fmt) for xb in calib]
     learned = cfg.exits.criterion == "learned"
     support = SupportSet(cfg, splits.train_x, splits.train_y, mean, std, device) if learned else None

@@ -542,9 +542,8 @@ def test_eval_supernet_scores_the_largest_and_smallest_on_the_test_split(exporte
     """`nachos eval --supernet`: the figures match an independent pass of the extracted static
     network (BN recalibrated on the same batches) over the same test images."""
     from eval.evaluate import evaluate_supernet, test_order
-    from nachos.data import load_splits, make_loader
+    from nachos.data import calibration_batches, load_splits, make_loader
     from supernet.bn import recalibrate_bn
-    from supernet.train import calibration_batches
 
     cfg = exported[0]
     res = evaluate_supernet(cfg, TINY)
@@ -554,7 +553,7 @@ def test_eval_supernet_scores_the_largest_and_smallest_on_the_test_split(exporte
     sup = create_supernet(cfg)
     sup.load_state_dict(torch.load(cfg.run_dir / "best.pt", weights_only=False)["model"])
     s = load_splits(cfg)
-    calib = calibration_batches(cfg, s.train_x, s.train_y, s.mean, s.std, torch.device("cpu"))
+    calib = calibration_batches(cfg, s.train_x, s.train_y, s.mean, s.std, "cpu", cfg.train.bn_calib_batches)
     order = test_order(s.test_y, s.num_classes, cfg.export.test_subset, cfg.seed)
     for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
         net = sup.extract(arch)
