@@ -223,11 +223,13 @@ def _export_onnx(module: torch.nn.Module, shape: tuple[int, ...], path: Path, op
                           dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=opset, dynamo=False)
 
 
-def _state_bytes(net: StaticEENet, meta: dict[str, str]) -> bytes:
+def _state_bytes(net: StaticEENet) -> bytes:
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-    return save(state, metadata=meta)
+    # one metadata entry: safetensors writes a metadata map in a random order, and the file's digest
+    # (recorded in arch.json, part of fine-tuning fingerprints) must depend on the weights alone
+    return save(state, metadata={"format": "pt"})
 
 
 def write_export(folder: Path, model: EarlyExitModel, manifest: dict[str, Any], *, torchscript: bool, onnx: bool,
@@ -246,7 +248,7 @@ def write_export(folder: Path, model: EarlyExitModel, manifest: dict[str, Any], 
         model = model.cpu().eval()
         net = model.static_net()
         files: list[str] = [WEIGHTS]
-        (staging / WEIGHTS).write_bytes(_state_bytes(net, {"format": "pt", "producer": FORMAT}))
+        (staging / WEIGHTS).write_bytes(_state_bytes(net))
         manifest = dict(manifest, weights=WEIGHTS, torchscript=None)
         if torchscript:
             with warnings.catch_warnings():

@@ -3,6 +3,7 @@ ONNX runner), parity with the search's figures, solution selection, bad inputs, 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -345,6 +346,15 @@ def test_static_supernet_and_exported_forms_agree(exported) -> None:
         with pytest.raises(ValueError, match=r"expected a float tensor of shape \(N, 3, 32, 32\), "
                                              r"got \(N, 1, 28, 28\)"):
             runner.predict(np.zeros((2, 1, 28, 28), np.float32))
+
+
+def test_the_weights_file_is_a_function_of_the_weights_alone() -> None:
+    """Its digest goes into arch.json and fine-tuning fingerprints: re-exporting the same network must
+    give the same bytes (a metadata map written in hash order did not, one time in two)."""
+    from eval.export import _state_bytes
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert len({hashlib.sha256(_state_bytes(net)).hexdigest() for _ in range(16)}) == 1
 
 
 @pytest.mark.slow
