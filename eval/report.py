@@ -226,10 +226,13 @@ def from_note(run: RunData, b: dict[str, Any]) -> str:
 def no_exit_control(run: RunData, e: Export) -> dict[str, Any] | None:
     """A no-exit control export (``Export.control``) as a static baseline: its final classifier on
     every test image, at its backbone's MACs, trained for the epochs of the static network under it
-    plus its own; None (noted in ``run.problems``) when that lineage cannot be traced."""
+    plus its own; None (noted in ``run.problems``) when that lineage cannot be traced, and None
+    (not a rival: its epochs build on the supernet's) when it was tuned from a supernet export."""
     by_id = {x.id: x for x in run.exports}
     ft = e.manifest["finetune"]
     parent = by_id.get(ft.get("parent", ""))
+    if parent is not None and parent.training == "supernet" and e.training == "inherited":
+        return None  # a subnet tuned briefly from the supernet's weights (a probe): the fine-tuning table has it
     under = ((parent.manifest.get("finetune") or {}).get("static_baseline") or {}) if parent else {}
     # trained from scratch it owes nothing to another network; else to the static network under its parent
     static = {"epochs": 0, "tag": None} if ft.get("init") == "scratch" else next(

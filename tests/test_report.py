@@ -659,7 +659,8 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
                            ("heads-ft3-w0-kd", {"init": "inherited", "parent_init": "static", "parent": "heads",
                                                 "exit_weight": 0.0, "teacher": {"tag": "hand",
                                                                                 "test_accuracy": 0.9}}, 0.915),
-                           ("x-scratch5-w0", {"init": "scratch", "parent": exports[0], "exit_weight": 0.0}, 0.70)]:
+                           ("x-scratch5-w0", {"init": "scratch", "parent": exports[0], "exit_weight": 0.0}, 0.70),
+                           ("x-ft5-w0", {"init": "inherited", "parent": exports[0], "exit_weight": 0.0}, 0.60)]:
         folder = run_dir / "export" / eid
         folder.mkdir()
         ft.setdefault("epochs", 5 if "scratch" in eid else 3)
@@ -673,6 +674,9 @@ def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path
     assert control["epochs"] == hand["epochs"] + 3 and control["test_accuracy"] == 0.915
     assert control["macs"] == m["macs"]["backbone"] and control["origin"]["kind"] == "no-exit control"
     assert next(b for b in run.baselines if b["tag"] == "x-scratch5-w0")["epochs"] == 5  # from scratch: its own only
+    # tuned briefly from the supernet's weights (a ranking probe): neither a rival nor an EEN nor a problem
+    assert "x-ft5-w0" not in [b["tag"] for b in run.baselines] + [e.id for e in evaluated(run)]
+    assert not any("x-ft5-w0" in p for p in run.problems)
     assert "heads-ft3-w0-kd" not in [e.id for e in evaluated(run)] and "heads-ft3" in [e.id for e in evaluated(run)]
     # the EEN trained alongside it (90.3%) is measured against it (91.5%), not against the 90.00% static network
     assert "heads-ft3-w0-kd (91.50%" in goal_baselines(run).detail
