@@ -44,6 +44,22 @@ def _record_member_loss(monkeypatch, keep) -> list:
     return calls
 
 
+def _skip_training(monkeypatch) -> list[dict]:
+    """Replace ``eval.finetune.train`` by a no-op; returns the list its calls' arguments go to (with the
+    network's state as it was at the call)."""
+    calls = []
+
+    def no_training(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0, **_):
+        calls.append({"state": {k: v.clone() for k, v in model.static_net().state_dict().items()}, "src": src,
+                      "ckpt": ckpt_path, "fingerprint": fingerprint, "epochs": epochs, "lr": lr,
+                      "warmup": warmup_epochs})
+        return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": 0, "train_seconds": 0.0,
+                "history": []}
+
+    monkeypatch.setattr(ft, "train", no_training)
+    return calls
+
+
 def _two_exit_export(exported) -> tuple:
     cfg, front, folders = exported
     folder = next(f for f in folders if len(json.loads((f / "arch.json").read_text())["exits"]) == 2)
@@ -146,16 +162,9 @@ def test_scratch_init_retrains_from_the_static_baselines_start(exported, tmp_pat
                "export.onnx=false", "export.torchscript=false")
     parent = _copy(parent, run)
     m = json.loads((parent / "arch.json").read_text())
-    seen = {}
-
-    def fake_train(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0, **_):
-        seen.update(state={k: v.clone() for k, v in model.static_net().state_dict().items()}, epochs=epochs,
-                    lr=lr, warmup=warmup_epochs, ckpt=ckpt_path)
-        return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": 0, "train_seconds": 0.0,
-                "history": []}
-
-    monkeypatch.setattr(ft, "train", fake_train)
+    calls = _skip_training(monkeypatch)
     out = ft.finetune_export(parent, run)
+    [seen] = calls
     assert out == parent.parent / f"{parent.name}-scratch3" and seen["ckpt"] == out.with_name(out.name + ".pt")
     # the static baselines' schedule, not finetune_lr
     assert seen["epochs"] == 3 and seen["lr"] == run.train.lr != 0.5 and seen["warmup"] == run.train.warmup_epochs
@@ -192,17 +201,11 @@ def test_a_reexported_parent_keeps_fresh_weight_checkpoints_only(exported, tmp_p
     run = _cfg(tmp_path, f"export.finetune_init={init}", "export.finetune_epochs=1", "export.onnx=false",
                "export.torchscript=false")
     parent = _copy(parent, run)
-    fingerprints = []
-
-    def fake_train(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0, **_):
-        fingerprints.append(fingerprint)
-        return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": 0, "train_seconds": 0.0,
-                "history": []}
-
-    monkeypatch.setattr(ft, "train", fake_train)
+    calls = _skip_training(monkeypatch)
     ft.finetune_export(parent, run)
     _reexport_with_other_bits(parent)
     ft.finetune_export(parent, run)  # a finished export with the same fingerprint is not trained again
+    fingerprints = [c["fingerprint"] for c in calls]
     assert len(fingerprints) == (1 if kept else 2)
     if not kept:
         assert fingerprints[0] != fingerprints[1]
@@ -343,18 +346,12 @@ def test_exit_weight_scales_the_exit_losses_and_names_the_export(exported, tmp_p
     run = _cfg(tmp_path, "export.finetune_init=scratch", "export.finetune_epochs=1", "export.finetune_exit_weight=0.3",
                "export.onnx=false", "export.torchscript=false")
     parent = _copy(parent, run)
-    seen = {}
-
-    def fake_train(model, src, ckpt_path, fingerprint, epochs, lr, exit_costs, device, warmup_epochs=0.0, **_):
-        seen.update(exits=src.exits, ckpt=ckpt_path)
-        return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": 0, "train_seconds": 0.0,
-                "history": []}
-
-    monkeypatch.setattr(ft, "train", fake_train)
+    calls = _skip_training(monkeypatch)
     out = ft.finetune_export(parent, run)
+    [seen] = calls
     assert out.name == f"{parent.name}-scratch1-w0.3" and seen["ckpt"] == out.with_name(out.name + ".pt")
-    assert seen["exits"].w_ce == pytest.approx(0.3 * run.exits.w_ce)
-    assert seen["exits"].w_distill == pytest.approx(0.3 * run.exits.w_distill)
+    assert seen["src"].exits.w_ce == pytest.approx(0.3 * run.exits.w_ce)
+    assert seen["src"].exits.w_distill == pytest.approx(0.3 * run.exits.w_distill)
     assert json.loads((out / "arch.json").read_text())["finetune"]["exit_weight"] == 0.3
     # the default keeps the supernet's member loss and the plain name
     assert ft.with_exit_weight(run, 1.0) is run and ft.finetuned_name("x", 1, "scratch") == "x-scratch1"
