@@ -65,7 +65,8 @@ FORMAT = "nachos-baseline"
 VERSION = 1
 HAND_TAG = "hand"
 # train settings that do not change what a baseline learns (so they may differ on resume)
-_NON_RECIPE_TRAIN = ("resume", "log_every", "compile", "n_random", "kd_temperature", "kd_loss", "bn_calib_batches")
+_NON_RECIPE_TRAIN = ("resume", "log_every", "compile", "n_random", "kd_temperature", "kd_loss", "bn_calib_batches",
+                     "member_label_weight")
 
 
 # ----------------------------------------------------------------------------- which networks

@@ -134,7 +134,9 @@ def parents(cfg: Config, export_dir: str | None, config_path: str | None = None)
 
 def _fingerprint(manifest: dict[str, Any], src: Config, init: str, epochs: int, lr: float,
                  warmup_epochs: float) -> str:
-    recipe = {"epochs": epochs, "lr": lr, "seed": src.seed, "train": dataclasses.asdict(src.train),
+    # member_label_weight only shapes the supernet (left out so that adding it kept earlier fingerprints)
+    train = {k: v for k, v in dataclasses.asdict(src.train).items() if k != "member_label_weight"}
+    recipe = {"epochs": epochs, "lr": lr, "seed": src.seed, "train": train,
               "augment": dataclasses.asdict(src.data.augment), "batch_size": src.data.batch_size,
               "exits": dataclasses.asdict(src.exits)}
     if init == "inherited":  # training goes on from the parent's weights

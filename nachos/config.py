@@ -111,13 +111,17 @@ class TrainConfig:
     momentum: float = _f(0.9, lo=0.0, hi=1.0, help="SGD (nesterov) momentum")
     weight_decay: float = _f(5e-5, lo=0.0, help="weight decay (not on BN and biases)")
     warmup_epochs: float = _f(1.0, lo=0.0, help="linear warm-up epochs")
-    label_smoothing: float = _f(0.1, lo=0.0, hi=0.5, help="label smoothing (largest subnet only)")
+    label_smoothing: float = _f(0.1, lo=0.0, hi=0.5, help="label smoothing of the final classifier's loss on the "
+                                "labels (exit heads: none)")
     grad_clip: float = _f(5.0, lo=0.0, help="gradient-norm clip (0 = off)")
     n_random: int = _f(2, lo=0, hi=16, help="random subnets per sandwich step")
     random_max_macs: float = _f(0.0, lo=0.0, help="random sandwich members drawn only among subnets of at most "
                                 "this many MACs, to train the region the search targets (0 = anywhere)")
     kd_temperature: float = _f(1.0, lo=0.1, help="temperature of in-place distillation")
     kd_loss: str = _f("kl", choices=("kl", "alpha"), help="in-place distillation divergence")
+    member_label_weight: float = _f(0.0, lo=0.0, hi=1.0, help="sandwich members other than the largest: weight of "
+                                    "the labels' cross-entropy in their final classifier's loss, the rest in-place "
+                                    "distillation from the largest (0 = distillation only, as BigNAS; 1 = labels only)")
     bn_calib_batches: int = _f(20, lo=1, help="batches for BN recalibration before validation")
     amp: bool = _f(True, help="bf16 autocast on GPU (ignored on CPU, where it is slower: python -m bench "
                                 "cpu_precision)")

@@ -3,7 +3,8 @@
 Every step trains a *sandwich* of subnets on the same batch (BigNAS): the largest, the
 smallest and ``train.n_random`` random ones, gradients summed over all of them, then one
 optimizer step. The largest learns from the labels (label smoothing, dropout); every other
-subnet learns from the largest's final logits (in-place distillation). Every subnet also trains
+subnet learns from the largest's final logits (in-place distillation), or from a mix of those
+and the labels (``train.member_label_weight``). Every subnet also trains
 all its candidate exits (their mean loss, CE + distillation from its own final classifier), plus
 NACHOS's learned-confidence terms when ``exits.criterion=learned``.
 
@@ -275,8 +276,11 @@ class MemberResult:
 
 def member_loss(model: nn.Module, arch: Arch, x: torch.Tensor, y: torch.Tensor,
                 teacher: torch.Tensor | None, cfg: Config, costs: ExitCosts | None,
-                support: SupportSet | None, step: int, autocast: Any) -> tuple[torch.Tensor, MemberResult]:
-    """Forward one sandwich member and return its loss (with graph) and what to log."""
+                support: SupportSet | None, step: int, autocast: Any,
+                label_weight: float = 0.0) -> tuple[torch.Tensor, MemberResult]:
+    """Forward one sandwich member and return its loss (with graph) and what to log. Its final
+    classifier learns from ``teacher``'s logits, mixed with ``label_weight`` of the labels' loss,
+    or from the labels alone when there is no teacher."""
     tc, ec = cfg.train, cfg.exits
     learned = ec.criterion == "learned"
     S = None
@@ -288,10 +292,12 @@ def member_loss(model: nn.Module, arch: Arch, x: torch.Tensor, y: torch.Tensor,
         outs = model(x)
     exit_ids = [i for i, o in enumerate(outs[:-1]) if o is not None]  # positions this arch has
     exits, final = [outs[i].float() for i in exit_ids], outs[-1].float()
-    if teacher is None:  # the largest: the labels, with regularisation
-        main = F.cross_entropy(final, y, label_smoothing=tc.label_smoothing)
-    else:
-        main = inplace_distill_loss(final, teacher, tc.kd_temperature, tc.kd_loss)
+    w_labels = 1.0 if teacher is None else label_weight  # the largest learns from the labels alone
+    main = torch.zeros((), device=final.device)
+    if w_labels > 0:
+        main = main + w_labels * F.cross_entropy(final, y, label_smoothing=tc.label_smoothing)
+    if w_labels < 1:
+        main = main + (1 - w_labels) * inplace_distill_loss(final, teacher, tc.kd_temperature, tc.kd_loss)
     ex = exit_losses.exit_loss(exits, final, y, w_ce=ec.w_ce, w_distill=ec.w_distill,
                                temperature=tc.kd_temperature, criterion=ec.criterion)
     # The exits share one unit of weight (their mean, not their sum): with block-level positions a
@@ -566,7 +572,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                 for name, arch in members:
                     model.set_active(arch)
                     loss, res = member_loss(forward, arch, xb, yb, teacher, cfg, costs, active_support,
-                                            step, autocast)
+                                            step, autocast, label_weight=tc.member_label_weight)
                     loss.backward()
                     if teacher is None:
                         teacher = res.final_logits

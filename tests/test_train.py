@@ -275,3 +275,38 @@ def test_exit_costs_are_cumulative_and_match_ptflops(tmp_path: Path) -> None:
     reference = profile_exit_costs(model.extract(space.largest()))
     assert big.tolist() == pytest.approx(reference.tolist())
     assert costs(space.largest()) is big  # cached per arch
+
+
+def test_member_label_weight_mixes_labels_into_the_distilled_loss(tmp_path: Path) -> None:
+    from supernet.network import create_supernet
+
+    cfg = tiny_cfg(tmp_path)
+    torch.manual_seed(0)
+    model = create_supernet(cfg).eval()  # eval: no dropout, so every forward is the same
+    space = SearchSpace(cfg.space)
+    arch = space.smallest()
+    model.set_active(arch)
+    x, y = torch.randn(8, cfg.space.in_channels, cfg.space.input_size, cfg.space.input_size), torch.arange(8) % 10
+    teacher, other_teacher = torch.randn(8, 10), torch.randn(8, 10)
+
+    def loss(t: torch.Tensor | None, w: float) -> float:
+        with torch.no_grad():
+            return float(train.member_loss(model, arch, x, y, t, cfg, None, None, 0, train.autocast_factory(
+                torch.device("cpu"), False), label_weight=w)[0])
+
+    labels_only = loss(None, 0.0)
+    assert loss(teacher, 1.0) == pytest.approx(labels_only, abs=1e-6)  # the teacher is ignored
+    assert loss(other_teacher, 1.0) == pytest.approx(labels_only, abs=1e-6)
+    distilled = loss(teacher, 0.0)
+    assert abs(distilled - labels_only) > 1e-3 and abs(loss(other_teacher, 0.0) - distilled) > 1e-3
+    assert loss(teacher, 0.25) == pytest.approx(0.75 * distilled + 0.25 * labels_only, abs=1e-5)
+
+
+def test_supernet_with_member_label_weight_one_never_distils(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("distilled though train.member_label_weight=1")
+
+    monkeypatch.setattr(train, "inplace_distill_loss", refuse)
+    cfg = tiny_cfg(tmp_path, **{"train.epochs": 1, "train.member_label_weight": 1.0, "data.train_subset": 200,
+                                "data.val_subset": 100})
+    assert train.train_supernet(cfg)["exit_code"] == 0
