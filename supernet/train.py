@@ -293,9 +293,7 @@ def member_loss(model: nn.Module, arch: Arch, x: torch.Tensor, y: torch.Tensor,
     exit_ids = [i for i, o in enumerate(outs[:-1]) if o is not None]  # positions this arch has
     exits, final = [outs[i].float() for i in exit_ids], outs[-1].float()
     w_labels = 1.0 if teacher is None else label_weight  # the largest learns from the labels alone
-    main = torch.zeros((), device=final.device)
-    if w_labels > 0:
-        main = main + w_labels * F.cross_entropy(final, y, label_smoothing=tc.label_smoothing)
+    main = w_labels * F.cross_entropy(final, y, label_smoothing=tc.label_smoothing) if w_labels > 0 else 0.0
     if w_labels < 1:
         main = main + (1 - w_labels) * inplace_distill_loss(final, teacher, tc.kd_temperature, tc.kd_loss)
     ex = exit_losses.exit_loss(exits, final, y, w_ce=ec.w_ce, w_distill=ec.w_distill,
