@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from nachos.config import Config, ConfigError, config_to_dict, load_config
+from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config, ConfigError, config_to_dict, load_config
 from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format,
                             resolve_device, resume_training, rng_state, seed_everything)
 from supernet.space import Arch, SearchSpace
@@ -65,8 +65,8 @@ FORMAT = "nachos-baseline"
 VERSION = 1
 HAND_TAG = "hand"
 # train settings that do not change what a baseline learns (so they may differ on resume)
-_NON_RECIPE_TRAIN = ("resume", "log_every", "compile", "n_random", "kd_temperature", "kd_loss", "bn_calib_batches",
-                     "member_label_weight")
+_NON_RECIPE_TRAIN = ("resume", "log_every", "compile", "n_random", "kd_temperature", "kd_loss",
+                     "bn_calib_batches") + SUPERNET_ONLY_TRAIN_KEYS
 
 
 # ----------------------------------------------------------------------------- which networks

@@ -55,7 +55,7 @@ from eval.export import FORMAT, export_root, load_exported, run_early_exit, sele
 from eval.metrics import exit_statistics, expected_cost
 from eval.onnx_runner import MANIFEST, read_manifest
 from eval.runtime import EarlyExitModel
-from nachos.config import Config
+from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config
 from nachos.runtime import (RunError, atomic_torch_save, memory_format, resolve_device, resume_training,
                             rng_state, seed_everything)
 from supernet.space import Arch
@@ -134,8 +134,7 @@ def parents(cfg: Config, export_dir: str | None, config_path: str | None = None)
 
 def _fingerprint(manifest: dict[str, Any], src: Config, init: str, epochs: int, lr: float,
                  warmup_epochs: float) -> str:
-    # member_label_weight only shapes the supernet (left out so that adding it kept earlier fingerprints)
-    train = {k: v for k, v in dataclasses.asdict(src.train).items() if k != "member_label_weight"}
+    train = {k: v for k, v in dataclasses.asdict(src.train).items() if k not in SUPERNET_ONLY_TRAIN_KEYS}
     recipe = {"epochs": epochs, "lr": lr, "seed": src.seed, "train": train,
               "augment": dataclasses.asdict(src.data.augment), "batch_size": src.data.batch_size,
               "exits": dataclasses.asdict(src.exits)}

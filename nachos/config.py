@@ -122,6 +122,9 @@ class TrainConfig:
     member_label_weight: float = _f(0.0, lo=0.0, hi=1.0, help="sandwich members other than the largest: weight of "
                                     "the labels' cross-entropy in their final classifier's loss, the rest in-place "
                                     "distillation from the largest (0 = distillation only, as BigNAS; 1 = labels only)")
+    kernel_transform: bool = _f(False, help="supernet: a smaller depthwise kernel is the centre of the larger one "
+                                "through a learned matrix per layer and size (OFA's elastic kernel), not the raw "
+                                "centre; exports hold the transformed kernels")
     bn_calib_batches: int = _f(20, lo=1, help="batches for BN recalibration before validation")
     amp: bool = _f(True, help="bf16 autocast on GPU (ignored on CPU, where it is slower: python -m bench "
                                 "cpu_precision)")
@@ -130,6 +133,11 @@ class TrainConfig:
     compile: bool = _f(False, help="torch.compile the supernet")
     log_every: int = _f(20, lo=1, help="steps between step-metric logs")
     resume: bool = _f(False, help="continue from the run folder's last.pt (same as --resume)")
+
+
+# TrainConfig keys that shape only the supernet and came after fine-tunes and static baselines had fingerprints:
+# those fingerprints leave them out, so that adding a key kept every finished run valid
+SUPERNET_ONLY_TRAIN_KEYS = ("member_label_weight", "kernel_transform")
 
 
 @dataclass

@@ -67,7 +67,9 @@ def build_supernet(cfg: Config, ckpt: dict[str, Any], path: Path, config_path: s
     raise a ``RunError`` naming the settings the checkpoint was trained with."""
     from supernet.network import create_supernet
 
-    model = create_supernet(cfg)
+    # the weights, not this config, say whether the depthwise kernels carry transforms
+    transform = bool(ckpt.get("config", {}).get("train", {}).get("kernel_transform", False))
+    model = create_supernet(cfg, kernel_transform=transform)
     saved = ckpt.get("config", {}).get("exits")
     trained = HeadSettings.from_exits(saved) if saved else None
     # max_map changes what a head computes, not its weights' shapes: only this check catches it

@@ -1,8 +1,8 @@
 """Elastic layers: weights sized for the largest choice, run on a slice chosen per call.
 
-Channels are always "first c kept" and kernels are a centre crop of the largest kernel (OFA's
-elastic kernel without its learned transform matrices). The active sizes are arguments of
-``forward`` (input channels are read from the input itself), never module or class state, so
+Channels are always "first c kept" and kernels are a centre crop of the largest kernel, by default
+without OFA's learned transform matrices (``transform_kernels`` adds them). The active sizes are
+arguments of ``forward`` (input channels are read from the input itself), never module or class state, so
 the same module serves any number of subnets and stays an ordinary ``nn.Module``.
 
 Cost: a slice is a view of the shared parameter, taken once per forward; a full-size choice
@@ -14,7 +14,7 @@ the same-named tensor of the static module" (``load_cropped``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -63,24 +63,47 @@ class DynamicConv2d(nn.Module):
 
 
 class DynamicDepthwiseConv2d(nn.Module):
-    """Depthwise conv on the first ``x.shape[1]`` channels with a centre-cropped kernel."""
+    """Depthwise conv on the first ``x.shape[1]`` channels with a centre-cropped kernel.
 
-    def __init__(self, max_channels: int, kernel_size: int, stride: int = 1) -> None:
+    ``transform_kernels`` (OFA's elastic kernel): each smaller kernel size listed is the centre of
+    the next larger one passed through a learned (k*k, k*k) matrix shared by all channels and
+    started at the identity, so small-kernel subnets need not use exactly the centre weights the
+    large-kernel ones use. Without it a small kernel is the raw centre crop.
+    """
+
+    def __init__(self, max_channels: int, kernel_size: int, stride: int = 1,
+                 transform_kernels: Sequence[int] = ()) -> None:
         super().__init__()
         self.max_in = self.max_out = max_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.weight = nn.Parameter(torch.empty(max_channels, 1, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.transform_sizes = tuple(sorted({k for k in transform_kernels if k < kernel_size}, reverse=True))
+        for k in self.transform_sizes:
+            self.register_parameter(f"transform_{k}", nn.Parameter(torch.eye(k * k)))
+
+    def kernel(self, channels: int, kernel_size: int) -> torch.Tensor:
+        """The (channels, 1, k, k) kernel a subnet with these sizes runs (and a static copy holds)."""
+        w = self.weight if channels == self.max_out else self.weight[:channels]
+        if kernel_size == self.kernel_size:
+            return w
+        if not self.transform_sizes:
+            return centre_crop(w, kernel_size)
+        if kernel_size not in self.transform_sizes:
+            raise ValueError(f"kernel {kernel_size} has no transform here (sizes {self.transform_sizes})")
+        for k in self.transform_sizes:
+            if k < kernel_size:
+                break
+            flat = centre_crop(w, k).reshape(channels, k * k) @ getattr(self, f"transform_{k}")
+            w = flat.reshape(channels, 1, k, k)
+        return w
 
     def forward(self, x: torch.Tensor, out_channels: int, kernel_size: int | None = None) -> torch.Tensor:
         c = x.shape[1]
         if out_channels != c:
             raise ValueError(f"depthwise conv keeps its channels: got {c} in, {out_channels} out")
-        w = self.weight if c == self.max_out else self.weight[:c]
         k = self.kernel_size if kernel_size is None else kernel_size
-        if k != self.kernel_size:
-            w = centre_crop(w, k)
-        return F.conv2d(x, w, None, self.stride, k // 2, 1, c)
+        return F.conv2d(x, self.kernel(c, k), None, self.stride, k // 2, 1, c)
 
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):
@@ -159,10 +182,10 @@ class ElasticMBConv(nn.Module):
     """
 
     def __init__(self, max_in: int, max_mid: int, max_out: int, max_se: int, max_kernel: int, stride: int,
-                 has_expand: bool, act: str) -> None:
+                 has_expand: bool, act: str, transform_kernels: Sequence[int] = ()) -> None:
         super().__init__()
         self.expand = ElasticConvBnAct(DynamicConv2d(max_in, max_mid, 1), act) if has_expand else None
-        self.dw = ElasticConvBnAct(DynamicDepthwiseConv2d(max_mid, max_kernel, stride), act)
+        self.dw = ElasticConvBnAct(DynamicDepthwiseConv2d(max_mid, max_kernel, stride, transform_kernels), act)
         self.se = DynamicSqueezeExcite(max_mid, max_se) if max_se else None
         self.project = ElasticConvBnAct(DynamicConv2d(max_mid, max_out, 1), None)
 
@@ -206,9 +229,16 @@ def crop_to(t: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tenso
 
 @torch.no_grad()
 def load_cropped(dst: nn.Module, src: nn.Module) -> None:
-    """Copy into static ``dst`` the slices of elastic ``src`` that its tensors correspond to."""
+    """Copy into static ``dst`` the slices of elastic ``src`` that its tensors correspond to
+    (a transformed depthwise kernel is copied as the subnet runs it)."""
     src_state = src.state_dict()
-    missing = [k for k in dst.state_dict() if k not in src_state]
+    dst_state = dst.state_dict()
+    missing = [k for k in dst_state if k not in src_state]
     if missing:
         raise KeyError(f"{type(src).__name__} has no tensors {missing} needed by {type(dst).__name__}")
-    dst.load_state_dict({k: crop_to(src_state[k], v.shape) for k, v in dst.state_dict().items()})
+    for name, m in src.named_modules():
+        key = f"{name}.weight" if name else "weight"
+        if isinstance(m, DynamicDepthwiseConv2d) and m.transform_sizes and key in dst_state:
+            shape = dst_state[key].shape
+            src_state[key] = m.kernel(shape[0], shape[-1])
+    dst.load_state_dict({k: crop_to(src_state[k], v.shape) for k, v in dst_state.items()})

@@ -41,7 +41,8 @@ class _Step(NamedTuple):
 class ElasticSupernet(nn.Module):
     """Weight-sharing supernet of a ``SearchSpace`` plus its exit heads."""
 
-    def __init__(self, space: SearchSpace, exits: HeadSettings | ExitsConfig | Mapping[str, Any]) -> None:
+    def __init__(self, space: SearchSpace, exits: HeadSettings | ExitsConfig | Mapping[str, Any],
+                 kernel_transform: bool = False) -> None:
         super().__init__()
         self.space = space
         self.head_settings = HeadSettings.from_exits(exits)
@@ -53,7 +54,8 @@ class ElasticSupernet(nn.Module):
             for b in range(st.max_depth):
                 max_in, max_mid, max_out, max_se = space.max_block_channels(s, b)
                 blocks.append(ElasticMBConv(max_in, max_mid, max_out, max_se, st.kernels[-1],
-                                            st.stride if b == 0 else 1, st.expand_ratios[-1] > 1, st.act))
+                                            st.stride if b == 0 else 1, st.expand_ratios[-1] > 1, st.act,
+                                            st.kernels if kernel_transform else ()))
             stages.append(nn.ModuleList(blocks))
         self.stages = nn.ModuleList(stages)
         self.heads = nn.ModuleList(self.head_settings.create(p.max_channels, p.resolution, cfg.num_classes)
@@ -144,5 +146,8 @@ class ElasticSupernet(nn.Module):
         return net.to(device=ref.device, dtype=ref.dtype).train(self.training)
 
 
-def create_supernet(cfg: Config) -> ElasticSupernet:
-    return ElasticSupernet(SearchSpace.from_config(cfg.space), cfg.exits)
+def create_supernet(cfg: Config, kernel_transform: bool | None = None) -> ElasticSupernet:
+    """The config's supernet; ``kernel_transform`` (default ``cfg.train.kernel_transform``) is
+    passed by callers that load a checkpoint, whose weights say whether they hold transforms."""
+    kt = cfg.train.kernel_transform if kernel_transform is None else kernel_transform
+    return ElasticSupernet(SearchSpace.from_config(cfg.space), cfg.exits, kt)

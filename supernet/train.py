@@ -511,6 +511,10 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     t_start = time.perf_counter()
     if resume:
         ckpt = load_checkpoint(run_dir / CHECKPOINT, space)
+        saved_transform = bool(ckpt.get("config", {}).get("train", {}).get("kernel_transform", False))
+        if saved_transform != tc.kernel_transform:
+            raise RunError(f"cannot resume: {run_dir / CHECKPOINT} was trained with train.kernel_transform="
+                           f"{str(saved_transform).lower()}; resume with that value, or start a new run (name=...)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

@@ -16,7 +16,7 @@ import eval.finetune as ft
 from eval.evaluate import validation_cache
 from eval.export import load_exported, run_early_exit
 from nachos.runtime import RunError
-from tests.test_export import _cfg, exported  # noqa: F401  (module fixture: tiny supernet, search, 2 exports)
+from tests.test_export import ROOT, _cfg, exported  # noqa: F401  (module fixture: tiny supernet, search, 2 exports)
 
 
 def _copy(folder: Path, run) -> Path:
@@ -355,3 +355,23 @@ def test_exit_weight_scales_the_exit_losses_and_names_the_export(exported, tmp_p
     assert json.loads((out / "arch.json").read_text())["finetune"]["exit_weight"] == 0.3
     # the default keeps the supernet's member loss and the plain name
     assert ft.with_exit_weight(run, 1.0) is run and ft.finetuned_name("x", 1, "scratch") == "x-scratch1"
+
+
+@pytest.mark.parametrize("init", ["scratch", "inherited"])
+def test_supernet_only_keys_leave_finished_runs_fingerprints_alone(init: str) -> None:
+    from eval.baselines import _fingerprint as baseline_fingerprint
+    from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, load_config
+    from supernet.space import SearchSpace
+
+    def load(*overrides: str):
+        return load_config(ROOT / "configs" / "tiny.yaml", list(overrides), device_type="cpu")
+
+    base = load()
+    supernet_only = load("train.kernel_transform=true", "train.member_label_weight=0.5")
+    recipe = load("train.label_smoothing=0.2")
+    assert set(SUPERNET_ONLY_TRAIN_KEYS) == {"kernel_transform", "member_label_weight"}
+    manifest = {"description": {"arch": "a"}, "files": {"w": "h"}, "weights": "w", "thresholds": [0.9]}
+    arch = SearchSpace.from_config(base.space).largest()
+    for fingerprint in (lambda c: ft._fingerprint(manifest, c, init, 3, 0.1, 0.0),
+                        lambda c: baseline_fingerprint(c, arch, 3)):
+        assert fingerprint(supernet_only) == fingerprint(base) != fingerprint(recipe)

@@ -17,6 +17,7 @@ from exits.heads import create_exit_head, nachos_pool_size, scale_gradient
 from nachos.config import load_config
 from supernet.bn import recalibrate_bn
 from supernet.costs import count_macs
+from supernet.modules import DynamicDepthwiseConv2d
 from supernet.network import ElasticSupernet, create_supernet
 from supernet.space import Arch, SearchSpace
 from supernet.static import HeadSettings, StaticEENet
@@ -320,6 +321,53 @@ def test_training_step_touches_only_the_active_subnet() -> None:
     assert mid < used and g[:mid, :, 1:4, 1:4].abs().sum() > 0
     assert g[mid:].abs().sum() == 0 and g[:, :, 0].abs().sum() == 0
     assert all(p.grad is not None for p in net.heads.parameters())
+
+
+def test_kernel_transform_chains_the_centre_crops_through_its_matrices() -> None:
+    conv = DynamicDepthwiseConv2d(6, 7, transform_kernels=(3, 5, 7))
+    assert conv.transform_sizes == (5, 3)
+    with torch.no_grad():
+        conv.transform_5.normal_()
+        conv.transform_3.normal_()
+    w = conv.weight[:4]
+    k5 = (w[..., 1:6, 1:6].reshape(4, 25) @ conv.transform_5).reshape(4, 1, 5, 5)
+    k3 = (k5[..., 1:4, 1:4].reshape(4, 9) @ conv.transform_3).reshape(4, 1, 3, 3)
+    assert torch.allclose(conv.kernel(4, 5), k5) and torch.allclose(conv.kernel(4, 3), k3)
+    assert torch.equal(conv.kernel(6, 7), conv.weight)
+    raw = DynamicDepthwiseConv2d(6, 5)  # no transforms: the raw centre
+    assert torch.equal(raw.kernel(6, 3), raw.weight[..., 1:4, 1:4])
+    with pytest.raises(ValueError, match="no transform"):
+        DynamicDepthwiseConv2d(6, 7, transform_kernels=(3, 7)).kernel(6, 5)
+
+
+def test_kernel_transform_starts_at_the_centre_crop_trains_and_extracts_what_it_runs() -> None:
+    cfg = _cfg("cifar10.yaml")
+    plain, net = create_supernet(cfg), create_supernet(cfg, kernel_transform=True)
+    _randomize_bn(plain, 4)
+    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(re.search(r"dw\.conv\.transform_3$", k) for k in missing) and not unexpected
+    space, x = net.space, torch.randn(2, 3, 32, 32)
+    small, large = space.smallest(), space.largest()  # every kernel 3, every kernel 5
+    for n in (plain, net):
+        n.eval().set_active(small)
+    with torch.no_grad():
+        assert _max_diff(plain(x), net(x)) <= 1e-5  # identity start: a raw centre crop
+        for k in missing:
+            net.get_parameter(k).add_(torch.randn(9, 9) * 0.3)
+        assert _max_diff(plain(x), net(x)) > 1e-4  # the transform shapes what 3x3 subnets run (logits ~0.01)...
+        for n in (plain, net):
+            n.set_active(large)
+        assert _max_diff(plain(x), net(x)) <= 1e-5  # ...and never the largest kernel
+    rng = random.Random(3)
+    for arch in [small] + [space.sample(rng) for _ in range(6)]:
+        net.set_active(arch)
+        static = net.extract(arch).eval()
+        assert not any("transform" in k for k in static.state_dict())
+        with torch.no_grad():
+            assert _max_diff(net(x), static(x)) <= 1e-5, str(arch)
+    net.train().set_active(small)
+    sum(o.sum() for o in net(x) if o is not None).backward()
+    assert net.stages[0][0].dw.conv.transform_3.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.3, 1.0])

@@ -310,3 +310,20 @@ def test_supernet_with_member_label_weight_one_never_distils(tmp_path: Path, mon
     cfg = tiny_cfg(tmp_path, **{"train.epochs": 1, "train.member_label_weight": 1.0, "data.train_subset": 200,
                                 "data.val_subset": 100})
     assert train.train_supernet(cfg)["exit_code"] == 0
+
+
+def test_kernel_transform_trains_and_its_checkpoint_is_read_as_trained(tmp_path: Path) -> None:
+    from search.backend import build_supernet
+
+    cfg = tiny_cfg(tmp_path, **{"train.epochs": 1, "train.kernel_transform": True, "data.train_subset": 200,
+                                "data.val_subset": 100})
+    assert train.train_supernet(cfg)["exit_code"] == 0
+    ckpt = torch.load(cfg.run_dir / "last.pt", map_location="cpu", weights_only=False)
+    transforms = {k: v for k, v in ckpt["model"].items() if "transform_" in k}
+    assert transforms and all(not torch.equal(v, torch.eye(len(v))) for v in transforms.values())  # they learned
+    plain = tiny_cfg(tmp_path, **{"train.epochs": 2, "data.train_subset": 200, "data.val_subset": 100})
+    with pytest.raises(RunError, match="train.kernel_transform=true"):
+        train.train_supernet(plain, resume=True)
+    # the search, eval and export read the checkpoint's weights whatever this config says
+    model = build_supernet(plain, ckpt, cfg.run_dir / "last.pt", None)
+    assert all(torch.equal(model.get_parameter(k), v) for k, v in transforms.items())
