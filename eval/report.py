@@ -25,6 +25,7 @@ import json
 import math
 import shlex
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -1249,6 +1250,12 @@ def config_differences(base: dict[str, Any], other: dict[str, Any],
     return [_override(k, b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def settings(run: RunData) -> dict[str, Any]:
+    """The run's saved settings with the defaults of keys added since it ran filled in, so that an
+    older run does not differ from a newer one in a key it never had."""
+    return dataclasses.asdict(run.cfg) if run.has_config else run.config_dict
+
+
 def comparison_lines(runs: list[RunData]) -> list[str]:
     """One row per run: what its supernet was trained with (relative to the first run) and what
     the search and the test split made of it, so ablations across runs read as one table."""
@@ -1259,7 +1266,7 @@ def comparison_lines(runs: list[RunData]) -> list[str]:
         tests = [e.eval for e in evaluated(run)]
         best_test = max(tests, key=lambda e: e["accuracy"]) if tests else None
         diff = "(reference)" if run is first else (", ".join(f"`{d}`" for d in config_differences(
-            first.config_dict, run.config_dict)) or "same settings")
+            settings(first), settings(run))) or "same settings")
         front = run.front
         rows.append([f"`{run.name}`", diff, pct(sn.get("val/largest/final")), pct(sn.get("val/smallest/final")),
                      str(len(front)) if run.pareto else "-",
@@ -1423,6 +1430,80 @@ def repeat_lines(runs: list[RunData]) -> list[str]:
     return out[:-1] if out else out
 
 
+# ----------------------------------------------------------------------------- ranking across supernets
+def inherited_finals(run: RunData) -> dict[str, float]:
+    """What the run's supernet says of each backbone exported from it with inherited weights: the
+    final classifier's test accuracy in its ``eval.json``, by arch string (exits do not change it)."""
+    out: dict[str, float] = {}
+    for e in evaluated(run):
+        accs = e.eval.get("exit_accuracy_all_samples") or []
+        if e.training == "supernet" and e.manifest.get("arch_str") and accs:
+            out.setdefault(e.manifest["arch_str"], float(accs[-1]))
+    return out
+
+
+def scratch_accuracies(runs: list[RunData]) -> tuple[int | None, dict[str, list[float]]]:
+    """Test accuracies of the static networks trained from scratch in ``runs``, one per (arch, seed)
+    however many runs hold a copy, at one training length: the one that covers the most backbones
+    (the longer on a tie), since a longer run ranks higher for that alone."""
+    by_epochs: dict[int, dict[str, dict[Any, float]]] = {}
+    for run in runs:
+        for b in from_scratch(run):
+            if isinstance(b.get("epochs"), int) and b.get("arch_str"):
+                seed = (b.get("recipe") or {}).get("seed", run.cfg.seed)
+                by_epochs.setdefault(b["epochs"], {}).setdefault(b["arch_str"], {}).setdefault(seed,
+                                                                                              b["test_accuracy"])
+    if not by_epochs:
+        return None, {}
+    epochs = max(by_epochs, key=lambda e: (len(by_epochs[e]), e))
+    return epochs, {a: list(seeds.values()) for a, seeds in by_epochs[epochs].items()}
+
+
+def ranking_lines(runs: list[RunData]) -> list[str]:
+    """Each supernet's inherited final-classifier accuracy of the backbones also trained from scratch,
+    columns in from-scratch order (best first) with the gap to the first: a supernet that ranks them
+    as training does falls left to right. Empty unless two such backbones were exported."""
+    from scipy.stats import kendalltau
+
+    epochs, scratch = scratch_accuracies(runs)
+    finals = [(run, inherited_finals(run)) for run in runs]
+    rows_of = [(run, f) for run, f in finals if len(set(f) & set(scratch)) >= 2]
+    archs = sorted({a for _, f in rows_of for a in f if a in scratch}, key=lambda a: -float(np.mean(scratch[a])))
+    if len(archs) < 2:
+        return []
+    ref = archs[0]
+    means = {a: float(np.mean(scratch[a])) for a in archs}
+
+    def cell(acc: float | None, ref_acc: float | None, a: str) -> str:
+        if acc is None:
+            return "-"
+        return pct(acc) + (" (ref)" if a == ref else "" if ref_acc is None else f" ({points(acc - ref_acc)})")
+
+    def order(inh: dict[str, float]) -> str:
+        shared = [a for a in archs if a in inh]
+        pairs = list(itertools.combinations(shared, 2))
+        if len(shared) < 3:
+            return "-"
+        agree = sum((inh[a] - inh[b]) * (means[a] - means[b]) > 0 for a, b in pairs)
+        tau = kendalltau([inh[a] for a in shared], [means[a] for a in shared]).statistic
+        return f"{agree} of {len(pairs)} (Kendall {tau:+.2f})"
+
+    first = rows_of[0][0]
+    rows = []
+    for run, inh in rows_of:
+        # epochs and seed have their own columns
+        differs = [d for d in config_differences(settings(first), settings(run)) if not d.startswith("train.epochs=")]
+        diff = "(reference)" if run is first else ", ".join(f"`{d}`" for d in differs) or "same settings"
+        rows.append([f"`{run.name}`", str(run.cfg.seed), str(run.cfg.train.epochs), diff]
+                    + [cell(inh.get(a), inh.get(ref), a) for a in archs] + [order(inh)])
+    rows.append(["**from scratch**, mean of seeds", "", str(epochs), ""]
+                + [f"{cell(means[a], means[ref], a)}, n={len(scratch[a])}" for a in archs] + ["all"])
+    legend = [[f"#{i + 1}", f"`{a}`", pct(means[a]), str(len(scratch[a]))] for i, a in enumerate(archs)]
+    return (table(["backbone", "arch", f"from scratch, {epochs} epochs (mean)", "seeds"], legend) + [""]
+            + table(["supernet run", "seed", "epochs", "trained with (against the first)"]
+                    + [f"#{i + 1}" for i in range(len(archs))] + ["pairs ordered as from scratch"], rows))
+
+
 # ----------------------------------------------------------------------------- RESULTS.md
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- report:{name} start -->", f"<!-- report:{name} end -->"
@@ -1483,6 +1564,13 @@ def write_report(cfg: Config) -> tuple[Path, list[Path]]:
             body = "\n".join(["## Repeats across seeds", "", "_Generated by `nachos report`: exports that runs "
                               "of one recipe (equal settings but the seed) share._", ""] + repeats)
             text = replace_section(text, f"seeds:{cfg.name}", body)
+        ranking = ranking_lines(loaded)
+        if ranking:
+            body = "\n".join(["## Inherited ranking across supernets", "", "_Generated by `nachos report`: the final "
+                              "classifier's test accuracy of each backbone exported from each supernet with its "
+                              "inherited weights (BN recalibrated), next to the same backbones trained from "
+                              "scratch; columns in from-scratch order, gaps to the first._", ""] + ranking)
+            text = replace_section(text, f"ranking:{cfg.name}", body)
     atomic_write_text(path, text)
     return path, plots
 

@@ -229,7 +229,9 @@ class ExportConfig:
                                "trained jointly with its exits near the static network's accuracy; names the "
                                "export <id>-..-kd")
     report_runs: list[str] = _f(default_factory=list, help="report: more run names under out_dir to report "
-                                "next to the config's run (e.g. [mnist])")
+                                "next to the config's run (e.g. [mnist]); with two or more: a side-by-side table, "
+                                "repeats across seeds, and each supernet's inherited ranking of the backbones also "
+                                "trained from scratch")
     report_dir: str = _f("docs", help="report: folder of RESULTS.md and its results_<name>.png plots")
 
 

@@ -816,3 +816,59 @@ def test_baselines_warn_when_the_runs_saved_subsets_differ_from_the_command_line
     assert "val_subset" not in notice and str(cfg.run_dir / "config.yaml") in notice
     save_config(cfg, cfg.run_dir / "config.yaml")
     assert subset_notice(cfg, run_config(cfg)) is None
+
+
+def _plant_backbone(cfg: Config, arch: str, inherited: float | None = None, static: float | None = None,
+                    epochs: int | None = None, seed: int | None = None, finetune: dict | None = None,
+                    file: str = "") -> None:
+    """An evaluated export of ``arch`` with its final classifier at ``inherited`` and/or its static network."""
+    if inherited is not None:
+        folder = cfg.run_dir / "export" / f"x-{arch}-{'ft' if finetune else 'sn'}"  # a fine-tune is read first
+        folder.mkdir(parents=True)
+        manifest = {"id": folder.name, "arch_str": arch, "arch_key": arch, "source": {"algorithm": "hand"}}
+        (folder / "arch.json").write_text(json.dumps(dict(manifest, **({"finetune": finetune} if finetune else {}))))
+        (folder / "eval.json").write_text(json.dumps(
+            {"id": folder.name, "images": 10, "accuracy": inherited, "expected_macs": 1e6, "backbone_macs": 1e6,
+             "exit_accuracy_all_samples": [0.1, inherited], "tradeoff": []}))
+    if static is not None:
+        (cfg.run_dir / "baselines").mkdir(exist_ok=True)
+        (cfg.run_dir / "baselines" / f"{arch}-{epochs}{file}.json").write_text(json.dumps(
+            {"epochs": epochs or cfg.train.epochs, "tag": arch, "arch_key": arch, "arch_str": arch, "macs": 1e6,
+             "test_accuracy": static, **({"recipe": {"seed": seed}} if seed is not None else {})}))
+
+
+def test_inherited_ranking_sets_each_supernets_order_against_training_from_scratch(tmp_path: Path) -> None:
+    a = _plant_repeat(tmp_path, "a", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None, "export.report_runs=[b,c]")
+    b = _plant_repeat(tmp_path, "b", 1, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None, "train.member_label_weight=1.0")
+    c = _plant_repeat(tmp_path, "c", 1, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None)
+    e = a.train.epochs
+    # from scratch: P 82 / 84 (seeds 0, 1), Q 80, R 81; a copy of seed 0's P in run c counts once; a longer
+    # training of Q alone is another length and is left out
+    _plant_backbone(a, "P", static=0.82, epochs=e)
+    _plant_backbone(a, "Q", static=0.80, epochs=e)
+    _plant_backbone(c, "P", static=0.84, epochs=e)
+    _plant_backbone(c, "P", static=0.50, epochs=e, seed=0, file="-copy")
+    _plant_backbone(c, "R", static=0.81, epochs=e)
+    _plant_backbone(c, "Q", static=0.99, epochs=e + 50)
+    # supernet a ranks Q > R > P (every pair reversed), b agrees with training from scratch; c exports nothing
+    for cfg, accs in ((a, {"P": 0.60, "Q": 0.64, "R": 0.62}), (b, {"P": 0.66, "Q": 0.61, "R": 0.65})):
+        for arch, acc in accs.items():
+            _plant_backbone(cfg, arch, inherited=acc)
+    # retrained from scratch: not what the supernet says of P
+    _plant_backbone(b, "P", inherited=0.10, finetune={"init": "scratch", "epochs": 3, "parent": "p"})
+    # a's config from before train.kernel_transform existed: b does not differ from it there
+    saved = a.run_dir / "config.yaml"
+    saved.write_text("".join(ln for ln in saved.read_text().splitlines(True) if "kernel_transform" not in ln))
+    path, _ = write_report(a)
+    sec = _section(path.read_text(), "ranking:a")
+    legend = [ln.split(" | ") for ln in sec.splitlines() if ln.startswith("| #")]
+    assert [(r[0], r[1], r[2]) for r in legend] == [("| #1", "`P`", "83.00%"), ("| #2", "`R`", "81.00%"),
+                                                    ("| #3", "`Q`", "80.00%")]
+    rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in sec.splitlines() if ln.startswith("| `") or "scratch**" in ln}
+    assert rows["| `a`"][1:] == ["0", str(e), "(reference)", "60.00% (ref)", "62.00% (+2.00 points)",
+                                 "64.00% (+4.00 points)", "0 of 3 (Kendall -1.00) |"]
+    assert rows["| `b`"][3:] == ["`train.member_label_weight=1.0`", "66.00% (ref)", "65.00% (-1.00 points)",
+                                 "61.00% (-5.00 points)", "3 of 3 (Kendall +1.00) |"]
+    assert "| `c`" not in rows
+    assert rows["| **from scratch**, mean of seeds"][4:] == ["83.00% (ref), n=2", "81.00% (-2.00 points), n=1",
+                                                            "80.00% (-3.00 points), n=1", "all |"]
