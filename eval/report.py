@@ -1289,7 +1289,8 @@ RECIPE_SECTIONS = ("data", "space", "exits", "train", "search")
 
 
 def recipe_key(run: RunData) -> str:
-    return json.dumps({k: run.config_dict.get(k) for k in RECIPE_SECTIONS}, sort_keys=True, default=str)
+    saved = settings(run)
+    return json.dumps({k: saved.get(k) for k in RECIPE_SECTIONS}, sort_keys=True, default=str)
 
 
 def short_of_static(run: RunData, e: Export) -> bool:

@@ -749,7 +749,10 @@ def test_repeats_across_seeds_pool_one_recipe_and_keep_each_seed(tmp_path: Path)
     a = _plant_repeat(tmp_path, "a", 0, 0.80, 0.70, [(0.798, 0.9e6), (0.801, 0.65e6), (0.79, 0.5e6)],
                       (0.79, 0.5e6), {"test_accuracy": 0.805, "run": "g"}, "export.report_runs=[b,c,d]")
     # seed 1, no static network: no point within 0.5 points of its own final classifier: missed, 0% saved
-    _plant_repeat(tmp_path, "b", 1, 0.81, 0.72, [(0.804, 0.95e6), (0.80, 0.8e6)], (0.80, 0.7e6), None)
+    b = _plant_repeat(tmp_path, "b", 1, 0.81, 0.72, [(0.804, 0.95e6), (0.80, 0.8e6)], (0.80, 0.7e6), None)
+    # b's config from before train.kernel_transform existed: the same recipe still
+    saved = b.run_dir / "config.yaml"
+    saved.write_text("".join(ln for ln in saved.read_text().splitlines(True) if "kernel_transform" not in ln))
     # another recipe (exit loss weights differ): not a repeat of a and b, though it shares the export id
     _plant_repeat(tmp_path, "c", 2, 0.99, 0.99, [(0.99, 0.1e6)], (0.99, 0.1e6), None, "exits.w_macs=0.0")
     # a 1-epoch supernet's weights against a static network trained longer: left out, and said so
