@@ -20,12 +20,12 @@ A missing piece is reported as "not run", never guessed.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import shlex
 import sys
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -1469,11 +1469,11 @@ def ranking_lines(runs: list[RunData]) -> list[str]:
     epochs, scratch = scratch_accuracies(runs)
     finals = [(run, inherited_finals(run)) for run in runs]
     rows_of = [(run, f) for run, f in finals if len(set(f) & set(scratch)) >= 2]
-    archs = sorted({a for _, f in rows_of for a in f if a in scratch}, key=lambda a: -float(np.mean(scratch[a])))
+    means = {a: float(np.mean(accs)) for a, accs in scratch.items()}
+    archs = sorted({a for _, f in rows_of for a in f if a in scratch}, key=lambda a: -means[a])
     if len(archs) < 2:
         return []
     ref = archs[0]
-    means = {a: float(np.mean(scratch[a])) for a in archs}
 
     def cell(acc: float | None, ref_acc: float | None, a: str) -> str:
         if acc is None:
@@ -1482,9 +1482,9 @@ def ranking_lines(runs: list[RunData]) -> list[str]:
 
     def order(inh: dict[str, float]) -> str:
         shared = [a for a in archs if a in inh]
-        pairs = list(itertools.combinations(shared, 2))
         if len(shared) < 3:
             return "-"
+        pairs = list(itertools.combinations(shared, 2))
         agree = sum((inh[a] - inh[b]) * (means[a] - means[b]) > 0 for a, b in pairs)
         tau = kendalltau([inh[a] for a in shared], [means[a] for a in shared]).statistic
         return f"{agree} of {len(pairs)} (Kendall {tau:+.2f})"
