@@ -20,7 +20,6 @@ A missing piece is reported as "not run", never guessed.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -33,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from nachos.config import Config
+from nachos.config import Config, config_to_dict
 from nachos.runtime import RunError, atomic_write_text, ensure_dir
 from search.report import PUBLISHED_CIFAR10
 
@@ -1253,7 +1252,7 @@ def config_differences(base: dict[str, Any], other: dict[str, Any],
 def settings(run: RunData) -> dict[str, Any]:
     """The run's saved settings with the defaults of keys added since it ran filled in, so that an
     older run does not differ from a newer one in a key it never had."""
-    return dataclasses.asdict(run.cfg) if run.has_config else run.config_dict
+    return config_to_dict(run.cfg) if run.has_config else run.config_dict
 
 
 def comparison_lines(runs: list[RunData]) -> list[str]:

@@ -65,11 +65,10 @@ def _heads_mismatch(cfg: Config, path: Path, config_path: str | None, detail: st
 def build_supernet(cfg: Config, ckpt: dict[str, Any], path: Path, config_path: str | None) -> torch.nn.Module:
     """The config's supernet holding the checkpoint's weights (on CPU); heads that do not fit
     raise a ``RunError`` naming the settings the checkpoint was trained with."""
-    from supernet.network import create_supernet
+    from supernet.network import create_supernet, saved_kernel_transform
 
     # the weights, not this config, say whether the depthwise kernels carry transforms
-    transform = bool(ckpt.get("config", {}).get("train", {}).get("kernel_transform", False))
-    model = create_supernet(cfg, kernel_transform=transform)
+    model = create_supernet(cfg, kernel_transform=saved_kernel_transform(ckpt))
     saved = ckpt.get("config", {}).get("exits")
     trained = HeadSettings.from_exits(saved) if saved else None
     # max_map changes what a head computes, not its weights' shapes: only this check catches it

@@ -146,6 +146,11 @@ class ElasticSupernet(nn.Module):
         return net.to(device=ref.device, dtype=ref.dtype).train(self.training)
 
 
+def saved_kernel_transform(ckpt: Mapping[str, Any]) -> bool:
+    """Whether a supernet checkpoint's depthwise kernels carry transforms (absent in older ones)."""
+    return bool(ckpt.get("config", {}).get("train", {}).get("kernel_transform", False))
+
+
 def create_supernet(cfg: Config, kernel_transform: bool | None = None) -> ElasticSupernet:
     """The config's supernet; ``kernel_transform`` (default ``cfg.train.kernel_transform``) is
     passed by callers that load a checkpoint, whose weights say whether they hold transforms."""

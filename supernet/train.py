@@ -50,7 +50,7 @@ from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensu
                             resolve_device, rng_state, seed_everything, set_rng_state)
 from nachos.tracking import Tracker
 from supernet.bn import recalibrate_bn
-from supernet.network import create_supernet
+from supernet.network import create_supernet, saved_kernel_transform
 from supernet.space import Arch, SearchSpace
 
 CHECKPOINT = "last.pt"
@@ -395,8 +395,9 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
             "epoch": epoch, "best": best, "config": config_to_dict(cfg), "space_hash": space.space_hash()}
 
 
-def load_checkpoint(path: Path, space: SearchSpace) -> dict:
-    """Read a checkpoint for resuming, refusing one trained on another search space."""
+def load_checkpoint(path: Path, space: SearchSpace, kernel_transform: bool) -> dict:
+    """Read a checkpoint for resuming, refusing one trained on another search space or with
+    another ``train.kernel_transform`` (its weights would not fit the model)."""
     if not path.is_file():
         raise RunError(f"cannot resume: no checkpoint at {path}; start without --resume, or check name= and out_dir=")
     try:
@@ -408,6 +409,10 @@ def load_checkpoint(path: Path, space: SearchSpace) -> dict:
         raise RunError(f"checkpoint {path} was trained on search space {theirs}, but this config's space is {ours}; "
                        "use a new run name (name=...) to train this space, or resume with the config the run "
                        f"was started with ({path.parent / 'config.yaml'})")
+    if saved_kernel_transform(ckpt) != kernel_transform:
+        raise RunError(f"cannot resume: {path} was trained with train.kernel_transform="
+                       f"{str(saved_kernel_transform(ckpt)).lower()}; resume with that value, or start a new run "
+                       "(name=...)")
     return ckpt
 
 
@@ -510,11 +515,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     step, start_epoch, best, seconds_before = 0, 0, -1.0, 0.0
     t_start = time.perf_counter()
     if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT, space)
-        saved_transform = bool(ckpt.get("config", {}).get("train", {}).get("kernel_transform", False))
-        if saved_transform != tc.kernel_transform:
-            raise RunError(f"cannot resume: {run_dir / CHECKPOINT} was trained with train.kernel_transform="
-                           f"{str(saved_transform).lower()}; resume with that value, or start a new run (name=...)")
+        ckpt = load_checkpoint(run_dir / CHECKPOINT, space, tc.kernel_transform)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

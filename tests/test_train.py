@@ -157,7 +157,7 @@ def test_nan_loss_stops_with_a_good_checkpoint(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(train, "inplace_distill_loss", poisoned)
     with pytest.raises(RunError, match=r"step 3 .*'random_0'"):
         train.train_supernet(cfg)
-    ckpt = train.load_checkpoint(cfg.run_dir / "last.pt", SearchSpace(cfg.space))
+    ckpt = train.load_checkpoint(cfg.run_dir / "last.pt", SearchSpace(cfg.space), cfg.train.kernel_transform)
     assert ckpt["step"] == 3 and ckpt["loader"]["pos"] == 3  # the failed step is not counted
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     monkeypatch.setattr(train, "inplace_distill_loss", real)
