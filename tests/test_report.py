@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eval.analysis import GOAL_ACCURACY
 from eval.baselines import baseline_command, hand_designed_arch, train_static
-from eval.report import GOAL_ACCURACY, replace_section, supernet_wall_time, write_report
+from eval.report import replace_section, write_report
+from eval.run_folder import supernet_wall_time
 from nachos.config import Config, load_config, save_config
 from nachos.runtime import RunError
 from search.cache import CacheStore
@@ -125,7 +127,8 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory):
     assert baseline_command(cfg, argparse.Namespace()) == 0
     # plant scratch accuracies: val in the order of the inherited accuracies (Spearman = 1), the
     # hand-designed network better than every EEN on test
-    from eval.report import load_run, inherited_accuracy
+    from eval.analysis import inherited_accuracy
+    from eval.run_folder import load_run
 
     run = load_run(cfg, cfg.run_dir)
     bdir = cfg.run_dir / "baselines"
@@ -192,15 +195,18 @@ def test_runs_side_by_side_show_each_run_and_what_differs(run_folder) -> None:
     base = {"exits": {"criterion": "learned", "w_macs": 1.0, "w_support": 1.0}, "train": {"epochs": 3}}
     other = {"exits": {"criterion": "learned", "w_macs": 0.0, "w_support": 1.0}, "train": {"epochs": 3},
              "search": {"generations": 9}}  # outside the compared sections
-    from eval.report import config_differences
+    from eval.across_runs import config_differences
     assert config_differences(base, other) == ["exits.w_macs=0.0"]
 
 
 def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_path: Path) -> None:
     import shlex
 
+    from eval.analysis import rank_correlation
     from eval.baselines import choose_baselines
-    from eval.report import baseline_commands, duration, load_run, rank_correlation, run_section
+    from eval.formatting import duration
+    from eval.report import baseline_commands, run_section
+    from eval.run_folder import load_run
     from search.report import read_candidates
 
     cfg, _, exports, *_ = run_folder
@@ -275,7 +281,8 @@ def test_matched_baselines_are_the_most_accurate_scored_backbone_within_each_sol
     import shlex
 
     from eval.baselines import choose_baselines, mac_table
-    from eval.report import baseline_commands, load_run
+    from eval.report import baseline_commands
+    from eval.run_folder import load_run
     from search.cache import read_cache
     from search.report import read_candidates
 
@@ -363,7 +370,8 @@ def test_goals_say_met_or_missed_by_how_much(run_folder) -> None:
 
 
 def test_savings_goal_uses_operating_points_and_the_static_backbone(run_folder) -> None:
-    from eval.report import goal_savings, load_run, rival_epochs
+    from eval.analysis import goal_savings, rival_epochs
+    from eval.run_folder import load_run
 
     cfg, front, exports, _, _, _ = run_folder
     run = load_run(cfg, cfg.run_dir)
@@ -410,7 +418,8 @@ def test_savings_goal_uses_operating_points_and_the_static_backbone(run_folder) 
 
 
 def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_folder) -> None:
-    from eval.report import baseline_comparison, goal_baselines, load_run, searched
+    from eval.analysis import baseline_comparison, goal_baselines, searched
+    from eval.run_folder import load_run
 
     cfg, _, exports, _, _, _ = run_folder
     run = load_run(cfg, cfg.run_dir)
@@ -480,7 +489,7 @@ def test_hand_designed_network_of_the_default_space() -> None:
 
 
 def test_counts_read_as_english() -> None:
-    from eval.report import n_of
+    from eval.formatting import n_of
 
     assert [n_of(1, "epoch"), n_of(3, "epoch"), n_of(0, "epoch")] == ["1 epoch", "3 epochs", "0 epochs"]
 
@@ -499,7 +508,8 @@ def test_baseline_command_skips_finished_baselines(run_folder, capsys: pytest.Ca
 
 
 def test_goals_met_when_the_figures_reach_them(tmp_path: Path) -> None:
-    from eval.report import Export, RunData, goal_accuracy, goal_savings
+    from eval.analysis import goal_accuracy, goal_savings
+    from eval.run_folder import Export, RunData
 
     cfg = tiny_cfg(tmp_path)
     ev = {"accuracy": 0.861, "expected_macs": 2.6e6, "exit_accuracy_all_samples": [0.5, 0.863],
@@ -517,7 +527,7 @@ def test_pins_reproduce_the_run_on_any_device(tmp_path: Path) -> None:
     applies, the run's own values come back; keys a profile would not change are not pinned."""
     import shlex
 
-    from eval.report import pinned_overrides
+    from eval.run_folder import pinned_overrides
     from nachos.config import config_to_dict
 
     src = tmp_path / "c.yaml"
@@ -536,7 +546,8 @@ def test_pins_reproduce_the_run_on_any_device(tmp_path: Path) -> None:
 
 def test_finetuned_exports_get_their_own_rows_next_to_their_parent(run_folder, tmp_path: Path) -> None:
 
-    from eval.report import finetune_lines, front_lines, load_run
+    from eval.report import finetune_lines, front_lines
+    from eval.run_folder import load_run
 
     cfg, front, exports, *_ = run_folder
     run_dir = tmp_path / cfg.name
@@ -627,7 +638,7 @@ def test_baseline_of_one_export_trains_exactly_its_backbone(run_folder, tmp_path
 
 
 def test_exports_are_told_apart_by_how_they_were_trained() -> None:
-    from eval.report import Export
+    from eval.run_folder import Export
 
     def export(ft: dict | None) -> Export:
         return Export("x", Path("."), {} if ft is None else {"finetune": ft}, None)
@@ -643,7 +654,9 @@ def test_exports_are_told_apart_by_how_they_were_trained() -> None:
 def test_a_no_exit_control_is_a_static_rival_and_not_an_een(run_folder, tmp_path: Path) -> None:
     """An export fine-tuned with the exits' loss off (export.finetune_exit_weight=0) enters the
     report as the static network of its arch trained as long (static epochs + its own), not as an EEN."""
-    from eval.report import evaluated, goal_baselines, goal_savings, load_run, run_section
+    from eval.analysis import evaluated, goal_baselines, goal_savings
+    from eval.report import run_section
+    from eval.run_folder import load_run
 
     cfg, _, exports, _, _, _ = run_folder
     run_dir = tmp_path / cfg.name

@@ -1,0 +1,276 @@
+"""Report sections over several runs: settings side by side, repeats across seeds (goal 3, mean ± sd)
+and the inherited ranking of the same backbones across supernets."""
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import numpy as np
+
+from eval.analysis import (GOAL_MAX_LOSS, GOAL_SAVING, best_een_within, evaluated, exit_ablation_test, like_for_like,
+                           static_of)
+from eval.formatting import mean_sd, mmacs, override, pct, points, table
+from eval.run_folder import Export, RunData, copied_from, from_note, from_scratch
+from nachos.config import config_to_dict
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, f"{key}.") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_differences(base: dict[str, Any], other: dict[str, Any],
+                       sections: tuple[str, ...] = ("exits", "train", "space")) -> list[str]:
+    """``key=value`` of ``other``'s settings in ``sections`` that differ from ``base``'s."""
+    a = _flatten({k: base.get(k) or {} for k in sections})
+    b = _flatten({k: other.get(k) or {} for k in sections})
+    return [override(k, b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def settings(run: RunData) -> dict[str, Any]:
+    """The run's saved settings with the defaults of keys added since it ran filled in, so that an
+    older run does not differ from a newer one in a key it never had."""
+    return config_to_dict(run.cfg) if run.has_config else run.config_dict
+
+
+def comparison_lines(runs: list[RunData]) -> list[str]:
+    """One row per run: what its supernet was trained with (relative to the first run) and what
+    the search and the test split made of it, so ablations across runs read as one table."""
+    first = runs[0]
+    rows = []
+    for run in runs:
+        sn, sm = run.metrics or {}, run.summary or {}
+        tests = [e.eval for e in evaluated(run)]
+        best_test = max(tests, key=lambda e: e["accuracy"]) if tests else None
+        diff = "(reference)" if run is first else (", ".join(f"`{d}`" for d in config_differences(
+            settings(first), settings(run))) or "same settings")
+        front = run.front
+        rows.append([f"`{run.name}`", diff, pct(sn.get("val/largest/final")), pct(sn.get("val/smallest/final")),
+                     str(len(front)) if run.pareto else "-",
+                     f"{sm['hypervolume']:.4f}" if isinstance(sm.get("hypervolume"), float) else "-",
+                     pct(max((r["accuracy"] for r in front), default=None)),
+                     mmacs(min((r[run.cost_key] for r in front), default=None)),
+                     f"{pct(best_test['accuracy'])} at {mmacs(best_test['expected_macs'])}" if best_test else "-"])
+    cons = {json.dumps((r.pareto or {}).get("constraints"), sort_keys=True) for r in runs if r.pareto}
+    note = ([] if len(cons) <= 1 else
+            ["", "The searches ran under different constraints: their hypervolumes are not comparable."])
+    return table(["run", "supernet trained with", "val acc largest", "val acc smallest", "admissible front",
+                  "hypervolume (val)", "best admissible val acc", "lowest admissible exp. MACs",
+                  "best export: test acc at exp. MACs"], rows) + note
+
+
+# Saved settings that shape the networks, the data splits and the search: runs equal in all of
+# them but the seed repeat one recipe.
+RECIPE_SECTIONS = ("data", "space", "exits", "train", "search")
+
+
+def recipe_key(run: RunData) -> str:
+    saved = settings(run)
+    return json.dumps({k: saved.get(k) for k in RECIPE_SECTIONS}, sort_keys=True, default=str)
+
+
+def short_of_static(run: RunData, e: Export) -> bool:
+    """Whether the export holds a supernet's inherited weights trained for fewer epochs than the
+    static network of its backbone: say, a 1-epoch supernet used only to write an export for
+    `nachos finetune`; such weights say nothing about goal 3."""
+    b = static_of(run, e.manifest.get("arch_key"))
+    return b is not None and not e.finetuned and run.cfg.train.epochs < b["epochs"]
+
+
+def seed_repeats(runs: list[RunData]) -> list[tuple[str, list[tuple[RunData, Export]]]]:
+    """(export id, [(run, export), ...]) for each evaluated export id that at least two runs of one
+    recipe with different seeds hold, in the order the runs were given (``short_of_static`` ones
+    left out)."""
+    groups: dict[tuple[str, str], list[tuple[RunData, Export]]] = {}
+    for run in runs:
+        if not run.has_config:
+            continue
+        for e in evaluated(run):
+            if e.eval.get("exit_accuracy_all_samples") and not short_of_static(run, e):
+                groups.setdefault((recipe_key(run), e.id), []).append((run, e))
+    return [(eid, members) for (_, eid), members in groups.items()
+            if len({run.cfg.seed for run, _ in members}) >= 2]
+
+
+def repeat_row(run: RunData, e: Export, ablation: list[dict[str, Any]]) -> dict[str, Any]:
+    """Goal 3 read off one export (``ablation``: the run's ``exit_ablation_test`` with trade-off
+    curves): the largest saving within the loss budget, and the point validation alone would pick."""
+    rows = [r for r in ablation if r["id"] == e.id]
+    ok = [r for r in rows if r["loss"] <= GOAL_MAX_LOSS + 1e-12]
+    best = max(ok, key=lambda r: r["saving"]) if ok else None
+    op = next((r for r in rows if r["thresholds"].startswith("within ")), None)
+    return {"static": static_of(run, e.manifest.get("arch_key")), "alone": rows[0]["alone"],
+            "first": float(e.eval["exit_accuracy_all_samples"][0]), "best": best,
+            "closest": min(rows, key=lambda r: r["loss"]), "op": op,
+            "met": best is not None and best["saving"] >= GOAL_SAVING}
+
+
+def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunData, Export, dict[str, Any]]]]:
+    """Per static network (by arch) that at least two of the seeds trained like-for-like
+    (``like_for_like``): [(run, export, that seed's static network), ...], cheapest network first, so
+    goal 2's head-to-head is read across seeds, not off one. Networks are matched by their arch
+    string (a baseline copied in from a run of another space keeps that space's arch key) and
+    epochs; a run holding two such, one trained there and one copied in, enters with its own."""
+    groups: dict[tuple[str, Any], list[tuple[RunData, Export, dict[str, Any]]]] = {}
+    for run, e in members:
+        mine: dict[tuple[str, Any], dict[str, Any]] = {}
+        for b in sorted(run.baselines, key=lambda b: copied_from(run, b) is not None):
+            key = (str(b.get("arch_str") or b["tag"]), b.get("epochs"))
+            if like_for_like(run, b):
+                mine.setdefault(key, b)
+        for key, b in mine.items():
+            groups.setdefault(key, []).append((run, e, b))
+    kept = [g for g in groups.values() if len({run.cfg.seed for run, _, _ in g}) >= 2]
+    return sorted(kept, key=lambda g: min(b["macs"] for _, _, b in g))
+
+
+def rival_lines(members: list[tuple[RunData, Export]]) -> list[str]:
+    """Goal 2 across seeds: per static network repeated in the seeds, each seed's EEN point within
+    its MACs (the one validation picks, ``best_een_within``) against it, and the mean ± sd gap."""
+    out: list[str] = []
+    for group in repeat_rivals(members):
+        rows, gaps, statics, eens = [], [], [], []
+        for run, e, b in group:
+            found = best_een_within([e], b["macs"])
+            static = f"{pct(b['test_accuracy'])} at {mmacs(b['macs'])}{from_note(run, b)}"
+            statics.append(b["test_accuracy"])
+            if found is None:
+                rows.append([f"`{run.name}`", str(run.cfg.seed), static, "none at or below its MACs", "lost"])
+                continue
+            p = found[1]
+            gap = p["accuracy"] - b["test_accuracy"]
+            gaps.append(gap)
+            eens.append(p["accuracy"])
+            rows.append([f"`{run.name}`", str(run.cfg.seed), static,
+                         f"{pct(p['accuracy'])} at {mmacs(p['expected_macs'])} ({p['label']})", points(gap)])
+        won = sum(g > 0 for g in gaps)
+        rows.append(["**mean ± sd**", "", mean_sd(statics), mean_sd(eens),
+                     f"{mean_sd(gaps, unit=' points')}; won {won} of {len(group)}"])
+        first = group[0][2]
+        out += [f"Against the static network `{first.get('arch_str') or first['tag']}`, trained {first.get('epochs')} "
+                "epochs in each seed:",
+                ""] + table(
+            ["run", "seed", "static network (test)", "EEN within its MACs (test)", "EEN - static"], rows) + [""]
+    return out
+
+
+def repeat_lines(runs: list[RunData]) -> list[str]:
+    """Per export repeated across seeds: one row per seed and the mean ± sample sd, so a goal met
+    by one seed is seen next to the others."""
+    out: list[str] = []
+    repeats = seed_repeats(runs)
+    ablation = {run.name: exit_ablation_test(run, curves=True) for _, members in repeats for run, _ in members}
+    for eid, members in repeats:
+        rows, stats = [], [repeat_row(run, e, ablation[run.name]) for run, e in members]
+        for (run, _), st in zip(members, stats):
+            b = st["static"]
+            static = "-" if b is None else pct(b["test_accuracy"]) + from_note(run, b)
+            if st["best"] is not None:
+                r = st["best"]
+                best = (f"{pct(r['saving'], 1)}: {pct(r['accuracy'])} at {mmacs(r['expected_macs'])} "
+                        f"({points(-r['loss'])})")
+            else:
+                r = st["closest"]
+                best = f"none; closest {points(-r['loss'])} for {pct(r['saving'], 1)}"
+            op = st["op"]
+            chosen = "-" if op is None else (f"{pct(op['accuracy'])} at {mmacs(op['expected_macs'])} "
+                                             f"({points(-op['loss'])})")
+            rows.append([f"`{run.name}`", str(run.cfg.seed), static, pct(st["alone"]), pct(st["first"]), best,
+                         "met" if st["met"] else "missed", chosen])
+        statics = [st["static"]["test_accuracy"] for st in stats if st["static"] is not None]
+        # a seed with no point within the loss budget saves nothing at that budget
+        savings = [st["best"]["saving"] if st["best"] is not None else 0.0 for st in stats]
+        losses = [st["op"]["loss"] for st in stats if st["op"] is not None]
+        rows.append(["**mean ± sd**", "", mean_sd(statics), mean_sd([st["alone"] for st in stats]),
+                     mean_sd([st["first"] for st in stats]), mean_sd(savings, 1),
+                     f"{sum(st['met'] for st in stats)} of {len(stats)} met",
+                     "lost " + mean_sd(losses, unit=" points") if losses else "-"])
+        out += [f"### `{eid}`", ""] + table(
+            ["run", "seed", "static network (no exits)", "final classifier", "first exit",
+             f"largest saving within {100 * GOAL_MAX_LOSS:g} pt (test curve)", "goal 3",
+             "point chosen on validation alone (test)"], rows) + [""] + rival_lines(members)
+    short = [f"{run.name}/{e.id}" for run in runs if run.has_config for e in evaluated(run) if short_of_static(run, e)]
+    if out:
+        out = ["Losses and savings are against the better of the export's own final classifier and the "
+               "static network of its backbone (goal 3); a seed without a point within the budget counts "
+               "as 0% saving in the mean." + (" Left out: " + ", ".join(f"`{i}`" for i in short) +
+                                               " (inherited weights of a supernet trained fewer epochs than the "
+                                               "static network)." if short else ""), ""] + out
+    return out[:-1] if out else out
+
+
+def inherited_finals(run: RunData) -> dict[str, float]:
+    """What the run's supernet says of each backbone exported from it with inherited weights: the
+    final classifier's test accuracy in its ``eval.json``, by arch string (exits do not change it)."""
+    out: dict[str, float] = {}
+    for e in evaluated(run):
+        accs = e.eval.get("exit_accuracy_all_samples") or []
+        if e.training == "supernet" and e.manifest.get("arch_str") and accs:
+            out.setdefault(e.manifest["arch_str"], float(accs[-1]))
+    return out
+
+
+def scratch_accuracies(runs: list[RunData]) -> tuple[int | None, dict[str, list[float]]]:
+    """Test accuracies of the static networks trained from scratch in ``runs``, one per (arch, seed)
+    however many runs hold a copy, at one training length: the one that covers the most backbones
+    (the longer on a tie), since a longer run ranks higher for that alone."""
+    by_epochs: dict[int, dict[str, dict[Any, float]]] = {}
+    for run in runs:
+        for b in from_scratch(run):
+            if isinstance(b.get("epochs"), int) and b.get("arch_str"):
+                seed = (b.get("recipe") or {}).get("seed", run.cfg.seed)
+                by_epochs.setdefault(b["epochs"], {}).setdefault(b["arch_str"], {}).setdefault(seed,
+                                                                                              b["test_accuracy"])
+    if not by_epochs:
+        return None, {}
+    epochs = max(by_epochs, key=lambda e: (len(by_epochs[e]), e))
+    return epochs, {a: list(seeds.values()) for a, seeds in by_epochs[epochs].items()}
+
+
+def ranking_lines(runs: list[RunData]) -> list[str]:
+    """Each supernet's inherited final-classifier accuracy of the backbones also trained from scratch,
+    columns in from-scratch order (best first) with the gap to the first: a supernet that ranks them
+    as training does falls left to right. Empty unless two such backbones were exported."""
+    from scipy.stats import kendalltau
+
+    epochs, scratch = scratch_accuracies(runs)
+    finals = [(run, inherited_finals(run)) for run in runs]
+    rows_of = [(run, f) for run, f in finals if len(set(f) & set(scratch)) >= 2]
+    means = {a: float(np.mean(accs)) for a, accs in scratch.items()}
+    archs = sorted({a for _, f in rows_of for a in f if a in scratch}, key=lambda a: -means[a])
+    if len(archs) < 2:
+        return []
+    ref = archs[0]
+
+    def cell(acc: float | None, ref_acc: float | None, a: str) -> str:
+        if acc is None:
+            return "-"
+        return pct(acc) + (" (ref)" if a == ref else "" if ref_acc is None else f" ({points(acc - ref_acc)})")
+
+    def order(inh: dict[str, float]) -> str:
+        shared = [a for a in archs if a in inh]
+        if len(shared) < 3:
+            return "-"
+        pairs = list(itertools.combinations(shared, 2))
+        agree = sum((inh[a] - inh[b]) * (means[a] - means[b]) > 0 for a, b in pairs)
+        tau = kendalltau([inh[a] for a in shared], [means[a] for a in shared]).statistic
+        return f"{agree} of {len(pairs)} (Kendall {tau:+.2f})"
+
+    first = rows_of[0][0]
+    rows = []
+    for run, inh in rows_of:
+        # epochs and seed have their own columns
+        differs = [d for d in config_differences(settings(first), settings(run)) if not d.startswith("train.epochs=")]
+        diff = "(reference)" if run is first else ", ".join(f"`{d}`" for d in differs) or "same settings"
+        rows.append([f"`{run.name}`", str(run.cfg.seed), str(run.cfg.train.epochs), diff]
+                    + [cell(inh.get(a), inh.get(ref), a) for a in archs] + [order(inh)])
+    rows.append(["**from scratch**, mean of seeds", "", str(epochs), ""]
+                + [f"{cell(means[a], means[ref], a)}, n={len(scratch[a])}" for a in archs] + ["all"])
+    legend = [[f"#{i + 1}", f"`{a}`", pct(means[a]), str(len(scratch[a]))] for i, a in enumerate(archs)]
+    return (table(["backbone", "arch", f"from scratch, {epochs} epochs (mean)", "seeds"], legend) + [""]
+            + table(["supernet run", "seed", "epochs", "trained with (against the first)"]
+                    + [f"#{i + 1}" for i in range(len(archs))] + ["pairs ordered as from scratch"], rows))
