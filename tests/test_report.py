@@ -888,3 +888,19 @@ def test_inherited_ranking_sets_each_supernets_order_against_training_from_scrat
     assert "| `c`" not in rows
     assert rows["| **from scratch**, mean of seeds"][4:] == ["83.00% (ref), n=2", "81.00% (-2.00 points), n=1",
                                                             "80.00% (-3.00 points), n=1", "all |"]
+
+
+# The report's modules in layer order: each may import only from the ones before it.
+REPORT_LAYERS = ("formatting", "run_folder", "analysis", "plots", "across_runs", "report")
+
+
+def test_report_modules_import_only_lower_layers() -> None:
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "eval"
+    for i, name in enumerate(REPORT_LAYERS):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {node.module.split(".")[1] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and node.level == 0 and (node.module or "").startswith("eval.")}
+        upward = imported & set(REPORT_LAYERS[i:])
+        assert not upward, f"eval.{name} imports {sorted(upward)}, which sit on top of it"
