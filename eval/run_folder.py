@@ -232,7 +232,7 @@ def search_overrides(run_dir: Path, config_dict: dict[str, Any]) -> list[str]:
     return [override(f"search.{k}", v) for k, v in sorted(ran.items()) if saved.get(k) != v]
 
 
-def same_value(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any) -> bool:
     """Equal as config values: YAML reads ``8.1e6`` as a string that the config turns into a float."""
     if a == b:
         return True
@@ -252,6 +252,6 @@ def pinned_overrides(config_dict: dict[str, Any]) -> list[str]:
         node: Any = config_dict
         for part in key.split("."):
             node = node[int(part)] if isinstance(node, list) else (node or {}).get(part)
-        if node is not None and any(key in prof and not same_value(prof[key], node) for prof in profiles):
+        if node is not None and any(key in prof and not _same(prof[key], node) for prof in profiles):
             out.append(override(key, node))
     return out
