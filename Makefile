@@ -11,7 +11,7 @@ CONFIG ?= configs/cifar10.yaml
 ARGS   ?=
 NACHOS := $(BIN)/nachos
 
-.PHONY: install data supernet search export finetune eval baseline report results bench test clean
+.PHONY: install data supernet search export finetune eval baseline report archive results bench test clean
 
 install: $(STAMP)
 
@@ -46,9 +46,13 @@ baseline: install
 report: install
 	$(NACHOS) report --config $(CONFIG) $(ARGS)
 
+# The report's inputs, checkpoints left out, copied to docs/runs/ (kept in git: run folders are not).
+archive: install
+	$(NACHOS) archive --config $(CONFIG) $(ARGS)
+
 # After `make supernet`: every figure the report reads (supernet endpoints and exports on the
 # test split, search with its random-search baseline, the best export fine-tuned, static baselines),
-# then the report.
+# then the report and its archive.
 results: install
 	$(NACHOS) eval --supernet --config $(CONFIG) $(ARGS)
 	$(NACHOS) search --config $(CONFIG) search.random_baseline=true $(ARGS)
@@ -58,6 +62,7 @@ results: install
 	$(NACHOS) baseline --config $(CONFIG) $(ARGS)
 	$(NACHOS) baseline --config $(CONFIG) export.baselines=matched $(ARGS)
 	$(NACHOS) report --config $(CONFIG) $(ARGS)
+	$(NACHOS) archive --config $(CONFIG) $(ARGS)
 
 bench: install
 	$(BIN)/python -m bench $(ARGS)

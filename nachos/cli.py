@@ -73,6 +73,8 @@ COMMANDS: dict[str, Command] = {
     "baseline": Command("eval.baselines:baseline_command", "train static baselines (no exits) from scratch",
                         positional=("export_dirs",), variadic=True),
     "report": Command("eval.report:report_command", "write docs/RESULTS.md tables and plots from run folders"),
+    "archive": Command("eval.archive:archive_command", "copy the report's inputs of each reported run to "
+                       "export.archive_dir, which git keeps"),
 }
 
 

@@ -233,6 +233,9 @@ class ExportConfig:
                                 "repeats across seeds, and each supernet's inherited ranking of the backbones also "
                                 "trained from scratch")
     report_dir: str = _f("docs", help="report: folder of RESULTS.md and its results_<name>.png plots")
+    archive_dir: str = _f("docs/runs", help="archive: folder (kept in git) that `nachos archive` copies each reported "
+                          "run's report inputs to, so `nachos report --config <it>/<name>/config.yaml out_dir=<it>` "
+                          "regenerates the report without the run folders")
 
 
 @dataclass

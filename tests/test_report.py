@@ -891,7 +891,7 @@ def test_inherited_ranking_sets_each_supernets_order_against_training_from_scrat
 
 
 # The report's modules in layer order: each may import only from the ones before it.
-REPORT_LAYERS = ("formatting", "run_folder", "analysis", "plots", "across_runs", "report")
+REPORT_LAYERS = ("formatting", "run_folder", "analysis", "plots", "across_runs", "report", "archive")
 
 
 def test_report_modules_import_only_lower_layers() -> None:
@@ -904,3 +904,26 @@ def test_report_modules_import_only_lower_layers() -> None:
                     and node.level == 0 and (node.module or "").startswith("eval.")}
         upward = imported & set(REPORT_LAYERS[i:])
         assert not upward, f"eval.{name} imports {sorted(upward)}, which sit on top of it"
+
+
+def test_report_regenerates_from_the_archive_alone(run_folder, tmp_path: Path, capsys) -> None:
+    from eval.archive import archive_command
+
+    cfg = run_folder[0]
+    archive = tmp_path / "archive"
+    export = dataclasses.replace(cfg.export, archive_dir=str(archive), report_dir=str(tmp_path / "from-runs"))
+    assert archive_command(dataclasses.replace(cfg, export=export), None) == 0
+    assert "nothing-here: not found" in capsys.readouterr().out  # a missing run is said, as the report says it
+    copied = [p for p in archive.rglob("*") if p.is_file()]
+    assert copied and not [p for p in copied if p.suffix == ".pt"], "checkpoints stay out of the archive"
+    caches = {p.name for p in (archive / cfg.name / "search" / "cache").glob("*.npz")}
+    assert caches and caches < {p.name for p in (cfg.run_dir / "search" / "cache").glob("*.npz")}
+    write_report(dataclasses.replace(cfg, export=export))
+    again = dataclasses.replace(cfg, out_dir=str(archive), export=dataclasses.replace(
+        export, report_dir=str(tmp_path / "from-archive")))
+    write_report(again)
+    original = (tmp_path / "from-runs" / "RESULTS.md").read_text().replace(str(cfg.out_dir), "<runs>")
+    regenerated = (tmp_path / "from-archive" / "RESULTS.md").read_text().replace(str(archive), "<runs>")
+    assert "Admissible Pareto front" in regenerated and regenerated == original
+    assert sorted(p.name for p in (tmp_path / "from-archive").glob("*.png")) == sorted(
+        p.name for p in (tmp_path / "from-runs").glob("*.png"))
