@@ -927,3 +927,6 @@ def test_report_regenerates_from_the_archive_alone(run_folder, tmp_path: Path, c
     assert "Admissible Pareto front" in regenerated and regenerated == original
     assert sorted(p.name for p in (tmp_path / "from-archive").glob("*.png")) == sorted(
         p.name for p in (tmp_path / "from-runs").glob("*.png"))
+    into_runs = dataclasses.replace(export, archive_dir=str(cfg.out_dir))
+    with pytest.raises(RunError, match="archive_dir"):  # would replace the run folders by their archives
+        archive_command(dataclasses.replace(cfg, export=into_runs), None)
