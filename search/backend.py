@@ -53,7 +53,37 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
                        f"{ours}; give the space settings it was trained with (its {path.parent / 'config.yaml'}: "
                        "the same config file and key=value overrides), or train a supernet for this space: "
                        f"{fix_supernet(cfg, config_path)}")
+    leak = split_mismatch(cfg, ckpt.get("config"))
+    if leak:
+        theirs = " ".join(f"{k}={a}" for k, a, _ in leak)
+        ours = " ".join(f"{k}={b}" for k, _, b in leak)
+        raise RunError(f"supernet checkpoint {path} held out the validation split of {theirs}, but this config draws "
+                       f"it with {ours}: most of those images trained the supernet, so its scores would be inflated; "
+                       f"pass {theirs} (its {path.parent / 'config.yaml'}), or train a supernet with these settings: "
+                       f"{fix_supernet(cfg, config_path)}")
     return path, ckpt
+
+
+# The settings that draw the validation split (nachos.data.split_indices); the supernet trained on
+# the rest, so scoring it on a split drawn otherwise would score it on its own training images.
+# data.train_subset / data.val_subset only thin the two sides, which keeps them disjoint.
+SPLIT_KEYS = ("seed", "data.name", "data.val_fraction")
+
+
+def split_mismatch(cfg: Config, saved: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
+    """(key, the checkpoint's value, the config's) for each of SPLIT_KEYS on which they differ;
+    empty for a checkpoint that saved no config (nothing to check against)."""
+    if not isinstance(saved, dict):
+        return []
+    out = []
+    for key in SPLIT_KEYS:
+        theirs, ours = saved, cfg
+        for part in key.split("."):
+            theirs = theirs.get(part) if isinstance(theirs, dict) else None
+            ours = getattr(ours, part)
+        if theirs is not None and theirs != ours:
+            out.append((key, theirs, ours))
+    return out
 
 
 def _heads_mismatch(cfg: Config, path: Path, config_path: str | None, detail: str) -> str:
@@ -120,6 +150,11 @@ class SupernetBackend:
 
     def _build_model(self, ckpt: dict[str, Any], config_path: str | None) -> torch.nn.Module:
         return build_supernet(self.cfg, ckpt, self.ckpt_path, config_path).to(self.device).eval()
+
+    @property
+    def scores_id(self) -> str:
+        """What every score depends on: the checkpoint's bytes, the validation split, the scoring settings."""
+        return self.store.fp
 
     def _fingerprint(self) -> str:
         splits = self.splits

@@ -20,6 +20,8 @@ from supernet.space import Arch
 
 
 class Backend(Protocol):
+    # Optionally also ``scores_id: str``, a digest of what the scores depend on (the supernet's weights,
+    # the validation split): a search resumed with another one is refused, not mixed with the old scores.
     def prediction_cache(self, arch: Arch) -> BackboneCache: ...
 
     def exit_macs(self, arch: Arch, exits: tuple[int, ...]) -> np.ndarray: ...  # (k+1,) cumulative MACs

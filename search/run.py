@@ -53,13 +53,17 @@ def _check_settings(cfg: Config) -> None:
     s = cfg.search
     if s.threshold_min >= s.threshold_max:
         raise RunError(f"search.threshold_min={s.threshold_min} must be below search.threshold_max={s.threshold_max}")
+    if s.min_accuracy >= 1.0:  # the hypervolume's reference error, 1 - min_accuracy, would be 0
+        raise RunError(f"search.min_accuracy={s.min_accuracy} admits only perfect subnets; give a value below 1 "
+                       "(NACHOS's: 0.65)")
 
 
-def _run_fingerprint(cfg: Config, space: SearchSpace) -> dict[str, Any]:
-    # settings that change which genomes a run visits; random_baseline may be switched on for a resume
+def _run_fingerprint(cfg: Config, space: SearchSpace, scores_id: str | None) -> dict[str, Any]:
+    # settings that change which genomes a run visits or how they score (a supernet trained on, say,
+    # since the search began); random_baseline may be switched on for a resume
     search = {k: v for k, v in dataclasses.asdict(cfg.search).items() if k != "random_baseline"}
     return {"search": search, "seed": cfg.seed, "space": space.space_hash(), "criterion": cfg.exits.criterion,
-            "exits": dataclasses.asdict(cfg.exits)}
+            "exits": dataclasses.asdict(cfg.exits), "scores": scores_id}
 
 
 class StateFile:
@@ -75,8 +79,9 @@ class StateFile:
             raise RunError(f"cannot read search state {self.path} ({type(err).__name__}); "
                            "run without --resume") from None
         if state.get("version") != STATE_VERSION or state.get("fingerprint") != self.fingerprint:
-            raise RunError(f"the search in {self.path.parent} was started with other settings; resume with the same "
-                           "config and overrides, or start a new one without --resume (or with another name=...)")
+            raise RunError(f"the search in {self.path.parent} was started with other settings or another supernet "
+                           "checkpoint; resume with the same config, overrides and checkpoint, or start a new one "
+                           "without --resume (or with another name=...)")
         return {name: Phase.from_state(p) for name, p in state["phases"].items()}
 
     def save(self, phases: dict[str, Phase]) -> None:
@@ -106,7 +111,8 @@ class Runner:
         self.evaluator = CandidateEvaluator(self.codec, backend, cfg.search, cfg.exits.criterion)
         self.cost_key = "expected_latency" if cfg.search.metric == "latency" else "expected_macs"
         self.dir = ensure_dir(cfg.run_dir / "search")
-        self.state = StateFile(self.dir / "state.pkl", _run_fingerprint(cfg, self.space))
+        self.state = StateFile(self.dir / "state.pkl",
+                               _run_fingerprint(cfg, self.space, getattr(backend, "scores_id", None)))
         self.phases: dict[str, Phase] = self.state.load() if resume else {}
         self.ref = _hv_reference(cfg, self.evaluator, self.space)
         self._bar: tqdm | None = None

@@ -173,6 +173,7 @@ def test_report_tables_hold_the_planted_and_searched_numbers(run_folder) -> None
     assert "1 h 02 min" in sec  # supernet wall time from the file times
     assert "val: Spearman 1.000, Kendall 1.000; test: undefined (constant accuracies)" in sec and n_backbones == 3
     assert "NSGA-II" in sec and "random search" in sec and "(ratio " in sec
+    assert f"at most {cfg.search.init_max_macs_ratio:g}x the expected-MAC budget" in sec  # its head start, said
     assert plots and plots[0].name == "results_tiny.png" and plots[0].stat().st_size > 10_000
     assert "![tiny: accuracy vs expected MACs](results_tiny.png)" in sec
 

@@ -282,12 +282,26 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path, monkeypatch: pytest
         assert (res.search_dir / name).read_text() == (full.search_dir / name).read_text(), name
 
 
+@pytest.mark.parametrize("bad, named", [(["search.threshold_min=0.9", "search.threshold_max=0.5"], "threshold_min"),
+                                        (["search.min_accuracy=1.0"], "min_accuracy=1.0")])
+def test_settings_no_search_can_use_are_refused_by_name(tmp_path: Path, bad: list[str], named: str) -> None:
+    with pytest.raises(RunError, match=named):
+        fake_search(fake_cfg(tmp_path, *bad))
+
+
 def test_resume_refuses_other_settings(tmp_path: Path) -> None:
     fake_search(fake_cfg(tmp_path, "search.generations=1"))
     with pytest.raises(RunError, match="other settings"):
         fake_search(fake_cfg(tmp_path, "search.generations=1", "search.min_accuracy=0.5"), resume=True)
     with pytest.raises(RunError, match="nothing to resume"):
         fake_search(fake_cfg(tmp_path / "none"), resume=True)
+    # the same settings on other weights: the archive's old scores must not meet the new ones
+    cfg = fake_cfg(tmp_path, "search.generations=1")
+    retrained = FakeBackend(SearchSpace.from_config(cfg.space))
+    retrained.scores_id = "another checkpoint"
+    with pytest.raises(RunError, match="another supernet checkpoint"):
+        run_search(cfg, True, backend=retrained, track=False)
+    fake_search(cfg, resume=True)  # the original scorer resumes
 
 
 def test_infeasible_constraints_give_a_clear_message(tmp_path: Path) -> None:
@@ -429,6 +443,14 @@ def test_incompatible_checkpoint_or_table_names_the_fix(tiny_run, tmp_path: Path
     fix = r"trained on search space .*its .*config\.yaml.*make supernet CONFIG=configs/tiny.yaml"
     with pytest.raises(RunError, match=fix):
         SupernetBackend(wider, TINY)
+    # another seed draws another validation split: mostly images the supernet trained on
+    reseeded = load_config(TINY, [f"out_dir={cfg.out_dir}", f"name={cfg.name}", "data.val_subset=300",
+                                  "data.train_subset=512", f"seed={cfg.seed + 1}"], device_type="cpu")
+    with pytest.raises(RunError, match=rf"validation split of seed={cfg.seed}\b.*seed={cfg.seed + 1}.*inflated"):
+        SupernetBackend(reseeded, TINY)
+    thinner = load_config(TINY, [f"out_dir={cfg.out_dir}", f"name={cfg.name}", "data.val_subset=100",
+                                 "data.train_subset=256"], device_type="cpu")
+    SupernetBackend(thinner, TINY)  # subsets of the two sides stay disjoint: allowed
 
 
 def test_wandb_offline_logs_hypervolume_and_front(tmp_path: Path) -> None:
