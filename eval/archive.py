@@ -1,10 +1,10 @@
 """A run folder's report inputs copied to a folder git keeps (``nachos archive``).
 
 Run folders hold checkpoints and every search cache, so they stay out of git, and a session that
-starts on a fresh machine starts without them (sessions 14, 19 and 29 did). The report reads only small files of them, plus the
-validation caches of the backbones it analyses; the archive is those, under the same relative
-paths, so ``nachos report --config <archive>/<name>/config.yaml out_dir=<archive>`` writes the
-same tables and plots from the archive alone.
+starts on a fresh machine starts without them (sessions 14, 19 and 29 did). The report reads only
+small files of them, plus the validation caches of the backbones it analyses; the archive is
+those, under the same relative paths, so ``nachos report --config <archive>/<name>/config.yaml
+out_dir=<archive>`` writes the same tables and plots from the archive alone.
 """
 from __future__ import annotations
 

@@ -80,8 +80,8 @@ class StateFile:
                            "run without --resume") from None
         if state.get("version") != STATE_VERSION or state.get("fingerprint") != self.fingerprint:
             raise RunError(f"the search in {self.path.parent} was started with other settings or another supernet "
-                           "checkpoint; resume with the same config, overrides and checkpoint, or start a new one "
-                           "without --resume (or with another name=...)")
+                           "checkpoint or device; resume with the same config, overrides, checkpoint and device, or "
+                           "start a new one without --resume (or with another name=...)")
         return {name: Phase.from_state(p) for name, p in state["phases"].items()}
 
     def save(self, phases: dict[str, Phase]) -> None:
