@@ -931,3 +931,13 @@ def test_report_regenerates_from_the_archive_alone(run_folder, tmp_path: Path, c
     into_runs = dataclasses.replace(export, archive_dir=str(cfg.out_dir))
     with pytest.raises(RunError, match="archive_dir"):  # would replace the run folders by their archives
         archive_command(dataclasses.replace(cfg, export=into_runs), None)
+
+
+def test_default_archive_dir_is_kept_by_git() -> None:
+    import subprocess
+
+    from nachos.config import ExportConfig
+
+    archived = ROOT / ExportConfig().archive_dir / "some-run" / "search" / "cache" / "abc.npz"
+    rc = subprocess.run(["git", "check-ignore", "-q", str(archived)], cwd=ROOT).returncode
+    assert rc == 1, f"git ignores {archived.relative_to(ROOT)} (check-ignore rc {rc}): the archive would not be kept"
