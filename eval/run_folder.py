@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from eval.formatting import override
-from nachos.config import Config
+from nachos.config import Config, get_dotted
 
 
 Record = dict[str, Any]
@@ -249,9 +249,7 @@ def pinned_overrides(config_dict: dict[str, Any]) -> list[str]:
     profiles = [p for p in (config_dict.get("profiles") or {}).values() if isinstance(p, dict)]
     out = []
     for key in sorted({k for prof in profiles for k in prof}):
-        node: Any = config_dict
-        for part in key.split("."):
-            node = node[int(part)] if isinstance(node, list) else (node or {}).get(part)
+        node = get_dotted(config_dict, key)
         if node is not None and any(key in prof and not _same(prof[key], node) for prof in profiles):
             out.append(override(key, node))
     return out

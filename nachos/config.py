@@ -370,6 +370,17 @@ def _parse_value(text: str) -> Any:
         raise ConfigError(f"cannot parse value {text!r}: {err}") from None
 
 
+def get_dotted(tree: Any, dotted: str) -> Any:
+    """The value at ``dotted`` (``space.stages.0.widths``) in a config dict, None where it is missing."""
+    node = tree
+    for part in dotted.split("."):
+        if isinstance(node, list):
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     if any(not p for p in parts):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nachos.config import Config
+from nachos.config import Config, config_to_dict, get_dotted
 from nachos.data import calibration_batches, load_splits, make_loader
 from nachos.runtime import RunError, resolve_device
 from search.cache import CacheStore, Timer, compute_cache, file_digest, fingerprint, tensor_digest
@@ -75,15 +75,9 @@ def split_mismatch(cfg: Config, saved: dict[str, Any] | None) -> list[tuple[str,
     empty for a checkpoint that saved no config (nothing to check against)."""
     if not isinstance(saved, dict):
         return []
-    out = []
-    for key in SPLIT_KEYS:
-        theirs, ours = saved, cfg
-        for part in key.split("."):
-            theirs = theirs.get(part) if isinstance(theirs, dict) else None
-            ours = getattr(ours, part)
-        if theirs is not None and theirs != ours:
-            out.append((key, theirs, ours))
-    return out
+    current = config_to_dict(cfg)
+    pairs = [(key, get_dotted(saved, key), get_dotted(current, key)) for key in SPLIT_KEYS]
+    return [(key, theirs, ours) for key, theirs, ours in pairs if theirs is not None and theirs != ours]
 
 
 def _heads_mismatch(cfg: Config, path: Path, config_path: str | None, detail: str) -> str:
