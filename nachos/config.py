@@ -164,6 +164,9 @@ class SearchConfig:
     init_max_macs_ratio: float = _f(3.0, lo=0.0, help="initial backbones: whole-network MACs at most this multiple "
                                      "of max_expected_macs (0 = any size)")
     checkpoint: str = _f("", help="supernet checkpoint to search (empty = <run_dir>/best.pt, else last.pt)")
+    seed: int = _f(-1, lo=-1, help="the search's own random seed (-1 = the run's seed); the run's seed still draws "
+                   "the validation split, so several searches of one supernet (search.checkpoint=..., each under "
+                   "its own name=...) keep scoring on images it did not train on")
 
 
 @dataclass

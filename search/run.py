@@ -168,7 +168,8 @@ class Runner:
 
     # ------------------------------------------------------------------ run
     def run(self) -> SearchResult:
-        s, seed = self.cfg.search, self.cfg.seed
+        s = self.cfg.search
+        seed = self.cfg.seed if s.seed < 0 else s.seed
         main = s.algorithm
         if main == "nsga2":
             nsga = self._phase("nsga2", s.generations, lambda p: run_nsga2(

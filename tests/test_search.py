@@ -282,6 +282,20 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path, monkeypatch: pytest
         assert (res.search_dir / name).read_text() == (full.search_dir / name).read_text(), name
 
 
+def test_search_seed_reseeds_the_search_not_the_split(tmp_path: Path) -> None:
+    def visited(name: str, *extra: str) -> str:
+        res = fake_search(fake_cfg(tmp_path / name, "search.generations=2", *extra))
+        return (res.search_dir / "candidates.jsonl").read_text()
+
+    run_seed = visited("run-seed")
+    assert visited("same", "search.seed=0") == run_seed
+    assert visited("own", "search.seed=5") != run_seed
+    # with its own seed the search visits what a run of that seed visits, while seed=0 keeps the split
+    assert visited("own", "search.seed=5") == visited("run-seed-5", "seed=5")
+    with pytest.raises(RunError, match="other settings"):
+        fake_search(fake_cfg(tmp_path / "run-seed", "search.generations=2", "search.seed=5"), resume=True)
+
+
 @pytest.mark.parametrize("bad, named", [(["search.threshold_min=0.9", "search.threshold_max=0.5"], "threshold_min"),
                                         (["search.min_accuracy=1.0"], "min_accuracy=1.0")])
 def test_settings_no_search_can_use_are_refused_by_name(tmp_path: Path, bad: list[str], named: str) -> None:
