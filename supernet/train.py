@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from exits import losses as exit_losses
 from exits.policies import class_logits, exit_confidence
-from nachos.config import Config, config_to_dict, load_config, save_config
+from nachos.config import Config, config_to_dict, describe, get_dotted, load_config, save_config
 from nachos.data import balanced_pick, calibration_batches, derived_generator, load_splits, make_loader
 from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format,
                             resolve_device, rng_state, seed_everything, set_rng_state)
@@ -395,9 +395,33 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
             "epoch": epoch, "best": best, "config": config_to_dict(cfg), "space_hash": space.space_hash()}
 
 
-def load_checkpoint(path: Path, space: SearchSpace, kernel_transform: bool) -> dict:
+# What a resume must keep: these sections decide what the supernet learns, on which images, on what schedule (the
+# restored optimizer and scheduler carry the first session's lr, decay and length, whatever a new config says).
+RECIPE_SECTIONS = ("seed", "data", "space", "exits", "train")
+# ...except these, free to change on resume: where the data is read from, the validation batch size (BN is in eval
+# mode there, so the scores do not depend on it), and speed or logging knobs that leave the update rule alone
+# (amp and channels_last follow the device, which may change too). train.bn_calib_batches is not here: it moves
+# the validation scores, and so which epoch becomes best.pt.
+RESUME_FREE_KEYS = ("data.root", "data.cache_dir", "data.download", "data.eval_batch_size", "train.resume",
+                    "train.log_every", "train.compile", "train.amp", "train.channels_last")
+
+
+def recipe_mismatch(saved: Any, cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(key, the checkpoint's value, the config's) for each recipe key on which they differ; empty for a
+    checkpoint that saved no config, and a key the saved config lacks (older code) is not compared."""
+    if not isinstance(saved, dict):
+        return []
+    current = config_to_dict(cfg)
+    keys = [key for key, _, _ in describe()
+            if key.split(".", 1)[0] in RECIPE_SECTIONS and key not in RESUME_FREE_KEYS]
+    pairs = [(key, get_dotted(saved, key), get_dotted(current, key)) for key in keys]
+    return [(key, theirs, ours) for key, theirs, ours in pairs if theirs is not None and theirs != ours]
+
+
+def load_checkpoint(path: Path, space: SearchSpace, kernel_transform: bool, cfg: Config | None = None) -> dict:
     """Read a checkpoint for resuming, refusing one trained on another search space or with
-    another ``train.kernel_transform`` (its weights would not fit the model)."""
+    another ``train.kernel_transform`` (its weights would not fit the model), and, given the
+    ``cfg`` to resume with, one whose recipe differs (see ``RECIPE_SECTIONS``)."""
     if not path.is_file():
         raise RunError(f"cannot resume: no checkpoint at {path}; start without --resume, or check name= and out_dir=")
     try:
@@ -413,6 +437,12 @@ def load_checkpoint(path: Path, space: SearchSpace, kernel_transform: bool) -> d
         raise RunError(f"cannot resume: {path} was trained with train.kernel_transform="
                        f"{str(saved_kernel_transform(ckpt)).lower()}; resume with that value, or start a new run "
                        "(name=...)")
+    changed = recipe_mismatch(ckpt.get("config"), cfg) if cfg is not None else []
+    if changed:
+        diffs = ", ".join(f"{key}={json.dumps(a)} (this config: {json.dumps(b)})" for key, a, b in changed)
+        raise RunError(f"cannot resume: {path} was trained with {diffs}, which a resume must keep (the restored "
+                       "optimizer and schedule, and the validation split, follow the checkpoint); resume with the "
+                       f"run's values (its {path.parent / 'config.yaml'}) or start a new run (name=...)")
     return ckpt
 
 
@@ -515,7 +545,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     step, start_epoch, best, seconds_before = 0, 0, -1.0, 0.0
     t_start = time.perf_counter()
     if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT, space, tc.kernel_transform)
+        ckpt = load_checkpoint(run_dir / CHECKPOINT, space, tc.kernel_transform, cfg)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -581,21 +611,28 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                         teacher = res.final_logits
                     results.append(res)
                 all_reduce_grads(params, ddp)
-                if tc.grad_clip > 0:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                # the norm even unclipped (inf): a finite loss can still backpropagate an inf, and one step
+                # with it would write non-finite weights into the next checkpoint
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else math.inf)
 
-                # one host sync per step: member losses (averaged over ranks) and the stop flag
+                # one host sync per step: member losses (averaged over ranks), the gradient norm and the stop flag
                 stop_flag = torch.tensor(float(stop.signum is not None), device=device)
-                synced = all_reduce_mean(torch.stack([r.loss.float() for r in results] + [stop_flag]), ddp).tolist()
-                member_values, stop_signal = synced[:-1], synced[-1] > 0
+                synced = all_reduce_mean(torch.stack([r.loss.float() for r in results]
+                                                     + [grad_norm.float(), stop_flag]), ddp).tolist()
+                member_values, norm_value, stop_signal = synced[:-2], synced[-2], synced[-1] > 0
                 bad = _first_non_finite(member_values, [n for n, _ in members])
-                if bad is not None:
+                if bad is not None or not math.isfinite(norm_value):
                     # params and optimizer are still the last good state: this step's update was not applied
                     loader.load_state_dict(loader_before)
                     save(run_dir / CHECKPOINT, rng=rng_before)
-                    raise RunError(f"non-finite loss at step {step} (epoch {epoch + 1}) in subnet {bad!r} "
-                                   f"({dict(members)[bad]}); the last good state is saved in {run_dir / CHECKPOINT}. "
-                                   "Lower train.lr, raise train.warmup_epochs or set train.grad_clip")
+                    if bad is not None:
+                        what = f"loss at step {step} (epoch {epoch + 1}) in subnet {bad!r} ({dict(members)[bad]})"
+                        fix = "Lower train.lr, raise train.warmup_epochs or set train.grad_clip"
+                    else:
+                        what = f"gradient norm at step {step} (epoch {epoch + 1}), every subnet's loss finite"
+                        fix = "Lower train.lr or raise train.warmup_epochs (clipping cannot scale an inf down)"
+                    raise RunError(f"non-finite {what}; the last good state is saved in {run_dir / CHECKPOINT}. "
+                                   f"{fix}")
                 optimizer.step()
                 step += 1
                 pos += 1
@@ -610,8 +647,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                         vals = [r.terms[key] for r in results if key in r.terms]
                         log[f"train/{key}"] = float(torch.stack(vals).float().mean())
                     log["train/lr"] = optimizer.param_groups[0]["lr"]
-                    if tc.grad_clip > 0:
-                        log["train/grad_norm"] = float(grad_norm)
+                    log["train/grad_norm"] = norm_value
                     log["perf/images_per_s"] = seen / max(elapsed, 1e-9)
                     log["epoch"] = epoch + pos / steps_per_epoch
                     tracker.log(log, step=step)

@@ -139,6 +139,29 @@ def test_checkpoint_from_another_space_is_refused(straight: tuple[Config, dict])
     assert (cfg.run_dir / "config.yaml").read_text() == config_before  # the run's own config is untouched
 
 
+@pytest.mark.parametrize("key, theirs, ours", [("train.epochs", 2, 3), ("seed", 0, 1)])
+def test_resume_with_another_recipe_is_refused(straight: tuple[Config, dict], key: str, theirs: int,
+                                               ours: int) -> None:
+    """The restored optimizer and schedule would keep the old epochs; another seed would move trained-on
+    images into validation. Either way the run's config.yaml must go on saying what it trained with."""
+    cfg, _ = straight
+    config_before = (cfg.run_dir / "config.yaml").read_text()
+    with pytest.raises(RunError) as err:
+        train.train_supernet(tiny_cfg(Path(cfg.out_dir), "straight", **{key: ours}), resume=True)
+    text = str(err.value)
+    assert f"{key}={theirs} (this config: {ours})" in text and "config.yaml" in text and "name=" in text
+    assert (cfg.run_dir / "config.yaml").read_text() == config_before
+
+
+def test_resume_may_change_threads_and_logging(tmp_path: Path) -> None:
+    small = {"train.epochs": 1, "data.train_subset": 200, "data.val_subset": 100}
+    cfg = tiny_cfg(tmp_path, **small)
+    assert train.train_supernet(cfg)["exit_code"] == 0
+    again = tiny_cfg(tmp_path, **small, **{"num_threads": 2, "train.log_every": 5, "data.eval_batch_size": 100})
+    assert train.train_supernet(again, resume=True)["exit_code"] == 0
+    assert "num_threads: 2" in (cfg.run_dir / "config.yaml").read_text()
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="no checkpoint"):
         train.train_supernet(tiny_cfg(tmp_path, "never-ran"), resume=True)
@@ -162,6 +185,31 @@ def test_nan_loss_stops_with_a_good_checkpoint(tmp_path: Path, monkeypatch: pyte
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     monkeypatch.setattr(train, "inplace_distill_loss", real)
     assert train.train_supernet(cfg, resume=True)["step"] == STEPS_PER_EPOCH  # and it resumes from there
+
+
+def test_non_finite_gradient_under_a_finite_loss_stops_with_a_good_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_cfg(tmp_path, "inf-grad", **{"train.epochs": 1, "train.grad_clip": 0.0})
+    drawing = {"step": -1}
+    real_sandwich, real_create = train.sandwich, train.create_supernet
+
+    def sandwich(space, n_random, seed, step, **kw):
+        drawing["step"] = step
+        return real_sandwich(space, n_random, seed, step, **kw)
+
+    def create(cfg):
+        model = real_create(cfg)
+        # the forward (and so the loss) is untouched; only step 3's gradient of one shared weight blows up
+        next(model.parameters()).register_hook(lambda g: g * float("inf") if drawing["step"] == 3 else g)
+        return model
+
+    monkeypatch.setattr(train, "sandwich", sandwich)
+    monkeypatch.setattr(train, "create_supernet", create)
+    with pytest.raises(RunError, match=r"non-finite gradient norm at step 3 .*loss finite"):
+        train.train_supernet(cfg)
+    ckpt = train.load_checkpoint(cfg.run_dir / "last.pt", SearchSpace(cfg.space), cfg.train.kernel_transform)
+    assert ckpt["step"] == 3 and ckpt["loader"]["pos"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_two_process_gloo_run_agrees_on_archs(tmp_path: Path) -> None:
