@@ -30,9 +30,10 @@ The recipe is the supernet's (``supernet.train``) with the run's own saved confi
 (``<run_dir>/config.yaml``): SGD with Nesterov momentum (or AdamW), ``train.lr``, weight decay
 not on BN and biases, per-iteration cosine schedule with linear warm-up (timm), label
 smoothing, gradient clipping, the same ``TensorLoader`` augmentation and batch size,
-channels_last, bf16 autocast on GPU. Epochs: ``export.baseline_epochs``, 0 = the run's
-``train.epochs``. Evaluated on the validation split and on the test split (``export.test_subset``
-as ``nachos eval`` uses it, so baselines and exports see the same test images).
+channels_last, bf16 autocast on GPU (training only). Epochs: ``export.baseline_epochs``, 0 = the
+run's ``train.epochs``. Evaluated in fp32 on the validation split and on the test split
+(``export.test_subset`` as ``nachos eval`` uses it, so baselines and exports see the same test
+images, and in the same precision).
 
 Writes ``<run_dir>/baselines/<tag>.json`` (atomic) and the checkpoint ``<tag>.pt`` after every
 epoch; the tag ends in ``-e<epochs>`` when the epochs differ from the run's ``train.epochs``, so a
@@ -48,7 +49,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -317,15 +318,15 @@ def mac_table(cfg: Config) -> tuple[Any, str]:
 
 # ----------------------------------------------------------------------------- training
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, loader: Any, fmt: torch.memory_format,
-             autocast: Callable[[], Any]) -> tuple[float, int]:
+def accuracy(model: torch.nn.Module, loader: Any, fmt: torch.memory_format) -> tuple[float, int]:
+    """Top-1 accuracy in fp32, without the training's autocast: ``nachos eval`` scores the early-exit
+    networks in fp32, and bf16 rounding moves accuracy by about as much as some head-to-head gaps."""
     model.eval()
     hits = torch.zeros((), dtype=torch.int64)
     n = 0
     for xb, yb in loader:
-        with autocast():
-            logits = model(xb.contiguous(memory_format=fmt))[-1]
-        hits += (logits.float().argmax(1) == yb).sum().cpu()
+        logits = model(xb.contiguous(memory_format=fmt))[-1]
+        hits += (logits.argmax(1) == yb).sum().cpu()
         n += len(yb)
     return (float(hits) / n if n else float("nan")), n
 
@@ -414,8 +415,8 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     order = test_order(splits.test_y, splits.num_classes, cfg.export.test_subset, cfg.seed)
     test_loader = make_loader(cfg, splits.test_x[order], splits.test_y[order], device, train=False, seed=cfg.seed,
                               mean=mean, std=std)
-    val_acc, n_val = accuracy(model, val_loader, fmt, autocast)
-    test_acc, n_test = accuracy(model, test_loader, fmt, autocast)
+    val_acc, n_val = accuracy(model, val_loader, fmt)
+    test_acc, n_test = accuracy(model, test_loader, fmt)
     eval_seconds = time.perf_counter() - t_eval
 
     table, table_source = mac_table(cfg)

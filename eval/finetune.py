@@ -35,7 +35,8 @@ Writes ``<export_root>/<id>-ft<epochs>/`` (``<id>-scratch<epochs>/``, ``<id>-hea
 different lengths sit side by side), a complete export (same files and manifest as ``nachos
 export``) with a ``finetune`` block (parent, init, epochs, lr, time, validation before / after),
 which ``nachos eval`` and the report treat like any other export. A checkpoint ``<name>.pt`` is
-written atomically after every epoch; a rerun resumes it (or skips a finished export).
+written atomically after every epoch; a rerun resumes it (or skips a finished export), and refuses
+either when it was written with other settings (a learning rate, say, that the name does not hold).
 """
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def with_exit_weight(src: Config, weight: float, backbone_grad: float = 1.0) -> 
 
 def static_backbone(run_dir: Path, arch_key: str, min_epochs: int) -> tuple[dict[str, Any], Path]:
     """The run's static baseline of this arch trained >= ``min_epochs`` (the longest-trained one):
-    its record and checkpoint; a RunError naming the command that trains it otherwise."""
+    its record and checkpoint; a RunError naming the command that trains it otherwise, or when the
+    checkpoint no longer holds the network the record describes."""
     found = []
     for path in sorted((run_dir / "baselines").glob("*.json")):
         rec = json.loads(path.read_text())
@@ -95,7 +97,16 @@ def static_backbone(run_dir: Path, arch_key: str, min_epochs: int) -> tuple[dict
         raise RunError(f"export.finetune_init=static needs a static baseline of this arch ({arch_key}) trained for at "
                        f">= {min_epochs} epochs under {run_dir / 'baselines'}; train it first: nachos baseline "
                        "--config <config> <export folder>")
-    return max(found, key=lambda f: f[0]["epochs"])
+    rec, pt = max(found, key=lambda f: f[0]["epochs"])
+    # the record is written once training ends, the checkpoint after every epoch: a retrain of the
+    # same tag (another recipe) overwrites the weights the record describes long before it
+    ckpt = torch.load(pt, map_location="cpu", weights_only=False)
+    if (ckpt.get("fingerprint"), ckpt.get("epoch")) != (rec.get("fingerprint"), rec["epochs"]):
+        raise RunError(f"{pt} does not hold the network {pt.with_suffix('.json').name} records (epoch "
+                       f"{ckpt.get('epoch')} of settings {ckpt.get('fingerprint')}, not epoch {rec['epochs']} of "
+                       f"{rec.get('fingerprint')}): a retrain of baseline {rec.get('tag')} is under way or was cut "
+                       "short; let it finish (rerun the nachos baseline command that started it), then rerun this")
+    return rec, pt
 
 
 def load_static_network(ckpt_path: Path, like: StaticEENet) -> StaticEENet:
@@ -145,6 +156,29 @@ def _fingerprint(manifest: dict[str, Any], src: Config, init: str, epochs: int, 
         # may differ in the last bits) must not throw away hours of training
         recipe.update(init=init, warmup_epochs=warmup_epochs, network=manifest["description"])
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_with(out: Path, ckpt_path: Path, fp: str, lr: float, lr_key: str) -> bool:
+    """True when ``out`` was fine-tuned with these settings (fingerprint ``fp``); a RunError when it, or
+    the checkpoint of an unfinished run, was written with other ones. The name holds the epochs, init,
+    loss weights and teacher but not the rest of the fingerprint (the learning rate, the parent's
+    weights, the recipe), and training on would throw away that checkpoint and replace that export."""
+    if (out / MANIFEST).is_file():
+        done = read_manifest(out)[1].get("finetune", {})
+        if done.get("fingerprint") == fp:
+            return True
+        what = f"{lr_key}={done['lr']:g}, not {lr:g}" if done.get("lr", lr) != lr else "other settings"
+        raise RunError(f"{out} was fine-tuned with {what}; pass the settings it was trained with to keep it, "
+                       f"or move or remove {out} to train it again with these")
+    if ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception:  # unreadable, so only a cache: resume_training notes it and starts over
+            return False
+        if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fp:
+            raise RunError(f"{ckpt_path} is an unfinished fine-tune written with other settings; pass the settings "
+                           f"it was started with to resume it, or move or remove {ckpt_path} to start over with these")
+    return False
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -278,7 +312,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
         static = static_backbone(folder.parent.parent, m["arch_key"], src.train.epochs)
         kd = "" if teacher_kind == "none" else teacher_kind  # (keeps the fingerprints of heads-only exports)
         fp = hashlib.sha256((fp + kd + static[0]["fingerprint"]).encode()).hexdigest()[:16]
-    if (out / MANIFEST).is_file() and read_manifest(out)[1].get("finetune", {}).get("fingerprint") == fp:
+    if finished_with(out, ckpt_path, fp, lr, "export.finetune_lr" if init == "inherited" else "train.lr"):
         print(f"{out.name}: already fine-tuned with these settings", file=sys.stderr)
         return out
     device = resolve_device(cfg.device)

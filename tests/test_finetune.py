@@ -204,11 +204,52 @@ def test_a_reexported_parent_keeps_fresh_weight_checkpoints_only(exported, tmp_p
     calls = _skip_training(monkeypatch)
     ft.finetune_export(parent, run)
     _reexport_with_other_bits(parent)
-    ft.finetune_export(parent, run)  # a finished export with the same fingerprint is not trained again
-    fingerprints = [c["fingerprint"] for c in calls]
-    assert len(fingerprints) == (1 if kept else 2)
-    if not kept:
-        assert fingerprints[0] != fingerprints[1]
+    if kept:
+        ft.finetune_export(parent, run)  # a finished export with the same fingerprint is not trained again
+    else:  # tuned from the parent's former weights: refused, not replaced (the name cannot tell the two apart)
+        with pytest.raises(RunError, match="fine-tuned with other settings"):
+            ft.finetune_export(parent, run)
+    assert len(calls) == 1
+
+
+def test_other_settings_under_the_same_name_are_refused_not_trained_over(exported, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """The name holds the epochs, not the learning rate: another one must neither replace a finished
+    export (with its eval.json) nor restart an unfinished one over its checkpoint."""
+    cfg, parent = _two_exit_export(exported)
+    settings = ("export.finetune_epochs=1", "export.onnx=false", "export.torchscript=false")
+    run, other = (_cfg(tmp_path, f"export.finetune_lr={lr}", *settings) for lr in (0.05, 0.01))
+    parent = _copy(parent, run)
+    calls = _skip_training(monkeypatch)
+    out = ft.finetune_export(parent, run)
+    (out / "eval.json").write_text("{}")
+    with pytest.raises(RunError, match=r"export.finetune_lr=0.05, not 0.01; pass the settings .* move or remove"):
+        ft.finetune_export(parent, other)
+    assert (out / "eval.json").is_file() and len(calls) == 1
+    assert ft.finetune_export(parent, run) == out and len(calls) == 1  # the same settings: skipped, as before
+    shutil.rmtree(out)
+    ckpt = out.with_name(out.name + ".pt")
+    torch.save({"fingerprint": calls[0]["fingerprint"], "epoch": 0}, ckpt)
+    with pytest.raises(RunError, match="unfinished fine-tune written with other settings; pass the settings"):
+        ft.finetune_export(parent, other)
+    assert torch.load(ckpt, weights_only=False)["fingerprint"] == calls[0]["fingerprint"] and len(calls) == 1
+    ft.finetune_export(parent, run)  # its own settings go on from it
+    assert len(calls) == 2 and calls[1]["ckpt"] == ckpt and calls[1]["fingerprint"] == calls[0]["fingerprint"]
+
+
+def test_a_static_baseline_serves_only_while_its_checkpoint_is_the_network_its_record_describes(
+        tmp_path: Path) -> None:
+    """A retrain of the same tag overwrites the checkpoint every epoch but the record only at its end."""
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    rec = {"tag": "hand", "arch_key": "k", "epochs": 4, "fingerprint": "aaaa"}
+    (folder / "hand.json").write_text(json.dumps(rec))
+    torch.save({"fingerprint": "aaaa", "epoch": 4}, folder / "hand.pt")
+    assert ft.static_backbone(tmp_path, "k", 4) == (rec, folder / "hand.pt")
+    for written in ({"fingerprint": "bbbb", "epoch": 1}, {"fingerprint": "aaaa", "epoch": 3}):
+        torch.save(written, folder / "hand.pt")
+        with pytest.raises(RunError, match="does not hold the network hand.json records .* let it finish"):
+            ft.static_backbone(tmp_path, "k", 4)
 
 
 @pytest.mark.slow

@@ -1,0 +1,61 @@
+"""Static baselines against the early-exit networks: scored in the precision the EENs are scored in,
+and counted as like-for-like rivals only when trained as long as the EENs' backbones."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+import eval.baselines as baselines
+from supernet.space import SearchSpace
+from supernet.static import StaticEENet
+from tests.test_report import tiny_cfg
+
+
+def test_baselines_train_under_autocast_but_are_scored_without_it(tmp_path: Path, monkeypatch) -> None:
+    """``nachos eval`` scores the EENs in fp32; a bf16-scored rival would move head-to-head gaps of a
+    tenth of a point. CPU bf16 autocast stands in for the GPU's (amp is on only there)."""
+    monkeypatch.setattr(baselines, "autocast_factory",
+                        lambda device, enabled: lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    seen, forward = [], StaticEENet.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append((self.training, torch.is_autocast_enabled("cpu")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(StaticEENet, "forward", recording)
+    cfg = tiny_cfg(tmp_path)
+    arch = SearchSpace.from_config(cfg.space).sample(random.Random(3))
+    baselines.train_static(cfg, arch, 1, "probe", tmp_path / "b")
+    assert {on for training, on in seen if training} == {True}  # training keeps amp
+    assert [on for training, on in seen if not training] and not any(on for training, on in seen if not training)
+
+
+def test_static_rivals_train_as_long_as_the_eens_backbones_did() -> None:
+    from eval.analysis import like_for_like, rival_epochs
+    from eval.run_folder import Export
+
+    def export(eid: str, ft: dict | None = None) -> Export:
+        return Export(eid, Path(eid), {} if ft is None else {"finetune": ft}, {"accuracy": 0.9})
+
+    hand, hand64 = {"tag": "hand", "epochs": 32}, {"tag": "hand-e64", "epochs": 64}
+    run = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(epochs=32)), exports=[export("a")],
+                          baselines=[hand, hand64])
+    assert rival_epochs(run) == 32 and like_for_like(run, hand)
+    # tuned 10 epochs from the supernet's weights: 42 in all, so a static network of 32 would flatter it
+    run.exports.append(export("a-ft10", {"init": "inherited", "parent": "a", "epochs": 10}))
+    assert rival_epochs(run) == 42 and not like_for_like(run, hand) and like_for_like(run, hand64)
+    # a no-exit control is a rival, not an EEN; retrained from scratch, an EEN counts its own epochs alone
+    run.exports.append(export("a-ft20-w0", {"init": "inherited", "parent": "a", "epochs": 20, "exit_weight": 0.0}))
+    run.exports.append(export("a-scratch40", {"init": "scratch", "parent": "a", "epochs": 40}))
+    assert rival_epochs(run) == 42
+    # exits on the frozen backbone of the 64-epoch static network: its 64 (the heads leave the backbone as
+    # it was), then 3 more trained jointly, as a no-exit control of that lineage counts them
+    run.exports.append(export("a-heads5", {"init": "static", "parent": "a", "epochs": 5,
+                                           "static_baseline": {"tag": "hand-e64"}}))
+    assert rival_epochs(run) == 64
+    run.exports.append(export("a-heads5-ft3", {"init": "inherited", "parent_init": "static", "parent": "a-heads5",
+                                               "epochs": 3}))
+    assert rival_epochs(run) == 67 and not like_for_like(run, hand64)
