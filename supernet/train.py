@@ -179,16 +179,18 @@ def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, alpha_min: fl
     the student's log-probabilities only, with clipped importance weights (stability).
     """
     q_log = F.log_softmax(student, dim=-1)
-    q, p = q_log.exp().detach(), F.softmax(teacher, dim=-1)
-    ratio = p / q
+    q = q_log.exp().detach()
+    # p / q in log space: a probability that underflows to 0 would make 0 * log 0 = NaN
+    log_ratio = F.log_softmax(teacher, dim=-1) - q_log.detach()
+    ratio = log_ratio.exp()
 
     def divergence(alpha: float) -> torch.Tensor:
         if abs(alpha) < 1e-3:
-            ratio_c = ratio.clamp(0, iw_clip)
-            f, rho = -ratio_c.log(), ratio_c.log() - 1.0
+            log_c = log_ratio.clamp(max=math.log(iw_clip))
+            f, rho = -log_c, log_c - 1.0
             base = 0.0
         elif abs(alpha - 1.0) < 1e-3:
-            f, rho, base = ratio * ratio.log(), ratio, 0.0
+            f, rho, base = ratio * log_ratio, ratio, 0.0
         else:
             iw = ratio.pow(alpha).clamp(0, iw_clip)
             base = 1.0 / alpha / (alpha - 1.0)

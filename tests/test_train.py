@@ -271,6 +271,12 @@ def test_alpha_divergence_is_zero_at_the_teacher_and_pulls_towards_it() -> None:
     student = torch.zeros(1, 3, requires_grad=True)
     train.alpha_divergence(student, teacher).backward()
     assert student.grad[0, 0] < 0 < student.grad[0, 2]  # gradient descent raises class 0, lowers class 2
+    # a teacher so sure that its other probabilities underflow to 0 in float32: finite, not NaN
+    sure = torch.tensor([[200.0, 0.0, 0.0]])
+    student = torch.zeros(1, 3, requires_grad=True)
+    loss = train.alpha_divergence(student, sure)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all() and student.grad[0, 0] < 0
 
 
 class Recorder:
