@@ -74,13 +74,18 @@ def finetuned_name(parent: str, epochs: int, init: str = "inherited", exit_weigh
             + ("" if backbone_grad == 1.0 else f"-g{backbone_grad:g}") + ("" if teacher == "none" else "-kd"))
 
 
+LEARNED_EXIT_TERMS = ("w_cls", "w_bce", "w_macs", "w_support")
+
+
 def with_exit_weight(src: Config, weight: float, backbone_grad: float = 1.0) -> Config:
     """``src`` whose exits' loss weighs ``weight`` times the supernet's against the final classifier,
     and reaches the backbone with a ``backbone_grad`` share of its gradient."""
     ex = src.exits
     if weight == 1.0 and backbone_grad == ex.backbone_grad:
         return src
-    exits = dataclasses.replace(ex, w_ce=ex.w_ce * weight, w_distill=ex.w_distill * weight, backbone_grad=backbone_grad)
+    # the learned criterion's own terms train the exits too (softmax ignores them: its fingerprints stay)
+    keys = ("w_ce", "w_distill") + (LEARNED_EXIT_TERMS if ex.criterion == "learned" else ())
+    exits = dataclasses.replace(ex, backbone_grad=backbone_grad, **{k: getattr(ex, k) * weight for k in keys})
     return dataclasses.replace(src, exits=exits)
 
 

@@ -221,7 +221,8 @@ class ExportConfig:
                             "heads, same recipe, on the frozen backbone of the run's static baseline of that arch "
                             "(`nachos baseline`), whose accuracy the final classifier then keeps")
     finetune_exit_weight: float = _f(1.0, lo=0.0, help="finetune: weight of the exits' mean loss against the final "
-                                     "classifier's (scales exits.w_ce and exits.w_distill; 1 = the supernet's member "
+                                     "classifier's (scales exits.w_ce and exits.w_distill, and the learned criterion's "
+                                     "w_cls, w_bce, w_macs, w_support; 1 = the supernet's member "
                                      "loss; 0 = a no-exit control: the backbone trained on, the final classifier "
                                      "alone, which the report counts as a static network trained as long); other "
                                      "values name the export <id>-<kind><epochs>-w<weight>")

@@ -396,6 +396,11 @@ def test_exit_weight_scales_the_exit_losses_and_names_the_export(exported, tmp_p
     assert json.loads((out / "arch.json").read_text())["finetune"]["exit_weight"] == 0.3
     # the default keeps the supernet's member loss and the plain name
     assert ft.with_exit_weight(run, 1.0) is run and ft.finetuned_name("x", 1, "scratch") == "x-scratch1"
+    # a no-exit control under the learned criterion: its own exit terms go too, or the exits still train
+    learned = _cfg(tmp_path, "exits.criterion=learned")
+    control = ft.with_exit_weight(learned, 0.0).exits
+    assert all(getattr(control, k) == 0.0 for k in ("w_ce", "w_distill", *ft.LEARNED_EXIT_TERMS))
+    assert all(getattr(ft.with_exit_weight(run, 0.0).exits, k) == getattr(run.exits, k) for k in ft.LEARNED_EXIT_TERMS)
 
 
 @pytest.mark.parametrize("init", ["scratch", "inherited"])
