@@ -294,10 +294,20 @@ def rival_epochs(run: RunData) -> int:
     return max(epochs)
 
 
+def rival_problem(run: RunData, baseline: dict[str, Any]) -> str | None:
+    """Why a static baseline is no like-for-like rival of the run's EENs, or None: trained fewer than
+    ``rival_epochs`` (say, for the rank correlation: it would flatter the EENs), or scored on other
+    test images (a finished baseline keeps the ``export.test_subset`` it was scored with)."""
+    if baseline.get("epochs", 0) < rival_epochs(run):
+        return f"fewer epochs than the EENs' {rival_epochs(run)}"
+    theirs, ours = baseline.get("test_images"), {e.eval.get("images") for e in evaluated(run)} - {None}
+    if theirs is not None and ours and theirs not in ours:
+        return f"scored on {theirs} test images, the EENs on {', '.join(str(n) for n in sorted(ours))}"
+    return None
+
+
 def like_for_like(run: RunData, baseline: dict[str, Any]) -> bool:
-    """Whether a static baseline trained at least ``rival_epochs``: shorter ones (say, for the rank
-    correlation) would flatter the early-exit networks in a head-to-head."""
-    return baseline.get("epochs", 0) >= rival_epochs(run)
+    return rival_problem(run, baseline) is None
 
 
 def een_points(e: Export) -> list[dict[str, Any]]:

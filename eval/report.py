@@ -30,7 +30,7 @@ from typing import Any, Callable
 from eval.across_runs import comparison_lines, ranking_lines, repeat_lines
 from eval.analysis import (GOAL_MAX_LOSS, Goal, algorithm_ablation, baseline_comparison, evaluated, exit_ablation_test,
                            exit_ablation_val, goal_accuracy, goal_baselines, goal_savings, rank_correlation,
-                           rival_epochs, threshold_ablation)
+                           rival_problem, threshold_ablation)
 from eval.formatting import duration, mmacs, n_of, pct, points, table
 from eval.plots import TRAINING_LABEL, plot_run
 from eval.run_folder import (Export, RunData, copied_from, from_scratch, load_run, pinned_overrides, read_json,
@@ -255,7 +255,7 @@ def baseline_lines(run: RunData) -> list[str]:
         for c in baseline_comparison(run):
             b = c["baseline"]
             if not c["rival"]:
-                een = f"not compared: fewer epochs than the EENs' {rival_epochs(run)}"
+                een = f"not compared: {rival_problem(run, b)}"
             elif c["een"] is None:
                 een = "none at or below"
             else:

@@ -373,6 +373,19 @@ def test_goals_say_met_or_missed_by_how_much(run_folder) -> None:
     assert "**not run**" in g3 and "rerun `nachos eval`" in g3
 
 
+def test_a_baseline_scored_on_other_test_images_is_no_rival(run_folder) -> None:
+    from eval.analysis import baseline_comparison, like_for_like, rival_problem
+    from eval.run_folder import load_run
+
+    cfg = run_folder[0]
+    run = load_run(cfg, cfg.run_dir)
+    hand = next(b for b in run.baselines if b["tag"] == "hand")
+    assert like_for_like(run, hand)
+    hand["test_images"] = 10000  # scored before export.test_subset changed; the EENs saw 200
+    assert rival_problem(run, hand) == "scored on 10000 test images, the EENs on 200"
+    assert next(c for c in baseline_comparison(run) if c["baseline"] is hand)["rival"] is False
+
+
 def test_savings_goal_judges_the_operating_point_on_test(run_folder) -> None:
     from eval.analysis import goal_savings, rival_epochs
     from eval.run_folder import load_run
