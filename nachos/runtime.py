@@ -80,12 +80,21 @@ def _os_error_text(path: Path, err: OSError) -> str:
     return f"cannot write to {path}: {err.strerror}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str | Path, write: Any) -> Path:
     """Write through a temp file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file owner-only (0600); give it the mode open() would, so that a shared
+        # data cache or run folder stays readable by whoever could read the rest
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,15 @@ def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
     atomic_write_text(path, "two")
     assert path.read_text() == "two"
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+    # the mode open() gives (not mkstemp's owner-only 0600): a shared cache stays readable
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(path, "three")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
 
 
 def test_failed_save_keeps_previous_file(tmp_path):
