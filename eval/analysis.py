@@ -298,8 +298,9 @@ def rival_problem(run: RunData, baseline: dict[str, Any]) -> str | None:
     """Why a static baseline is no like-for-like rival of the run's EENs, or None: trained fewer than
     ``rival_epochs`` (say, for the rank correlation: it would flatter the EENs), or scored on other
     test images (a finished baseline keeps the ``export.test_subset`` it was scored with)."""
-    if baseline.get("epochs", 0) < rival_epochs(run):
-        return f"fewer epochs than the EENs' {rival_epochs(run)}"
+    needed = rival_epochs(run)
+    if baseline.get("epochs", 0) < needed:
+        return f"fewer epochs than the EENs' {needed}"
     theirs, ours = baseline.get("test_images"), {e.eval.get("images") for e in evaluated(run)} - {None}
     if theirs is not None and ours and theirs not in ours:
         return f"scored on {theirs} test images, the EENs on {', '.join(str(n) for n in sorted(ours))}"
