@@ -30,8 +30,8 @@ The recipe is the supernet's (``supernet.train``) with the run's own saved confi
 (``<run_dir>/config.yaml``): SGD with Nesterov momentum (or AdamW), ``train.lr``, weight decay
 not on BN and biases, per-iteration cosine schedule with linear warm-up (timm), label
 smoothing, gradient clipping, the same ``TensorLoader`` augmentation and batch size,
-channels_last, bf16 autocast on GPU (training only). Epochs: ``export.baseline_epochs``, 0 = the
-run's ``train.epochs``. Evaluated in fp32 on the validation split and on the test split
+channels_last, bf16 autocast on GPU (training only). Epochs: ``export.baseline_epochs``, 0 = as
+long as the run's EENs trained (``default_epochs``). Evaluated in fp32 on the validation split and on the test split
 (``export.test_subset`` as ``nachos eval`` uses it, so baselines and exports see the same test
 images, and in the same precision).
 
@@ -455,13 +455,23 @@ def finished(path: Path, cfg: Config, arch: Arch, epochs: int) -> dict[str, Any]
     return data if data.get("fingerprint") == _fingerprint(cfg, arch, epochs) else None
 
 
+def default_epochs(run: Config) -> int:
+    """``export.baseline_epochs=0``: as long as the run's EENs trained (``eval.analysis.rival_epochs``:
+    the supernet's epochs plus any fine-tuning from its weights, or a retrained EEN's own), so that
+    the baselines are the like-for-like rivals the report compares them with."""
+    from eval.analysis import rival_epochs  # the report's layers sit on top of this module
+    from eval.run_folder import load_run
+
+    return rival_epochs(load_run(run, run.run_dir))
+
+
 def baseline_command(cfg: Config, args: Any) -> int:
     """``nachos baseline``: train the static baselines ``export.baselines`` names (see module doc)."""
     run = run_config(cfg)
     notice = subset_notice(cfg, run)
     if notice:
         print(notice, file=sys.stderr)
-    epochs = cfg.export.baseline_epochs or run.train.epochs
+    epochs = cfg.export.baseline_epochs or default_epochs(run)
     if epochs < 1:
         raise RunError("the run's train.epochs is 0; set export.baseline_epochs=N")
     given = getattr(args, "export_dirs", None)

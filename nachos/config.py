@@ -210,7 +210,9 @@ class ExportConfig:
                                    "rivals at an early-exit network's expected MACs")
     max_baselines: int = _f(4, lo=1, help="baseline: front / scored / matched backbones trained at most "
                             "(spread over MACs)")
-    baseline_epochs: int = _f(0, lo=0, help="baseline: training epochs (0 = the run's train.epochs)")
+    baseline_epochs: int = _f(0, lo=0, help="baseline: training epochs (0 = as long as the run's evaluated EENs "
+                         "trained: train.epochs plus any fine-tuning from the supernet's weights, or a "
+                         "retrained EEN's own)")
     finetune_epochs: int = _f(10, lo=1, help="finetune: epochs of training an export further from its inherited "
                               "weights (backbone and exits), before its thresholds are re-chosen on validation")
     finetune_lr: float = _f(0.01, lo=1e-9, help="finetune: peak learning rate (cosine to 1e-3 of it, no warm-up)")

@@ -59,3 +59,20 @@ def test_static_rivals_train_as_long_as_the_eens_backbones_did() -> None:
     run.exports.append(export("a-heads5-ft3", {"init": "inherited", "parent_init": "static", "parent": "a-heads5",
                                                "epochs": 3}))
     assert rival_epochs(run) == 67 and not like_for_like(run, hand64)
+
+
+def test_default_baseline_epochs_match_the_eens_training(tmp_path: Path) -> None:
+    """``export.baseline_epochs=0`` trains the rivals as long as the EENs: a static network of the
+    supernet's epochs would not count against an EEN fine-tuned further from its weights."""
+    import json
+
+    from nachos.config import save_config
+
+    cfg = tiny_cfg(tmp_path)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    assert baselines.default_epochs(cfg) == cfg.train.epochs  # nothing evaluated yet: the supernet's
+    folder = cfg.run_dir / "export" / "x-ft3"
+    folder.mkdir(parents=True)
+    (folder / "arch.json").write_text(json.dumps({"id": "x-ft3", "finetune": {"init": "inherited", "epochs": 3}}))
+    (folder / "eval.json").write_text(json.dumps({"id": "x-ft3", "accuracy": 0.5, "expected_macs": 1.0}))
+    assert baselines.default_epochs(cfg) == cfg.train.epochs + 3
