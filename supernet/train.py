@@ -138,14 +138,24 @@ def sandwich(space: SearchSpace, n_random: int, seed: int, step: int,
     rng = random.Random(f"sandwich:{seed}:{step}")
     members = [("largest", space.largest()), ("smallest", space.smallest())]
     for k in range(n_random):
-        for _ in range(max_tries):
-            arch = space.sample(rng)
-            if accept is None or accept(arch):
-                break
-        else:
-            raise RunError(f"no random subnet accepted in {max_tries} draws; loosen train.random_max_macs")
-        members.append((f"random_{k}", arch))
+        members.append((f"random_{k}", draw_subnet(space, rng, accept, max_tries)))
     return members
+
+
+def draw_subnet(space: SearchSpace, rng: random.Random, accept: Callable[[Arch], bool] | None = None,
+                max_tries: int = 10_000) -> Arch:
+    """A random subnet that ``accept`` admits (rejection sampling: uniform over the admitted ones)."""
+    for _ in range(max_tries):
+        arch = space.sample(rng)
+        if accept is None or accept(arch):
+            return arch
+    raise RunError(f"no random subnet accepted in {max_tries} draws; loosen train.random_max_macs")
+
+
+def validation_subnets(space: SearchSpace, seed: int, accept: Callable[[Arch], bool] | None) -> dict[str, Arch]:
+    """The subnets validated each epoch; the random one from where the random members train."""
+    return {"largest": space.largest(), "smallest": space.smallest(),
+            "random": draw_subnet(space, random.Random(f"val-subnet:{seed}"), accept)}
 
 
 def budget_filter(cfg: Config, space: SearchSpace) -> Callable[[Arch], bool] | None:
@@ -560,8 +570,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     if ddp.main:  # only now: a refused resume must not overwrite the run's own config
         save_config(cfg, run_dir / "config.yaml")
 
-    val_subnets = {"largest": space.largest(), "smallest": space.smallest(),
-                   "random": space.sample(random.Random(f"val-subnet:{cfg.seed}"))}
+    val_subnets = validation_subnets(space, cfg.seed, accept)
     tracker = Tracker(cfg, run_dir, "supernet", enabled=ddp.main)
     stop = StopRequest().install()
     arch_digest = hashlib.sha1()

@@ -260,6 +260,9 @@ def test_random_members_stay_within_the_mac_budget(tmp_path: Path) -> None:
     archs = [a for members in drawn for _, a in members]
     assert all(macs(a) <= budget for a in archs)
     assert len(set(archs)) > 5  # still a spread of subnets, not one
+    # the validated random subnet comes from the same region, in every seed
+    assert all(macs(train.validation_subnets(space, seed, accept)["random"]) <= budget for seed in range(10))
+    assert any(macs(train.validation_subnets(space, seed, None)["random"]) > budget for seed in range(10))
     assert train.budget_filter(tiny_cfg(tmp_path), space) is None  # 0 = anywhere
     with pytest.raises(RunError, match="random_max_macs.*below the smallest"):
         train.budget_filter(tiny_cfg(tmp_path, **{"train.random_max_macs": macs(space.smallest()) - 1}), space)
