@@ -163,9 +163,9 @@ def _fingerprint(manifest: dict[str, Any], src: Config, init: str, epochs: int, 
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def finished_with(out: Path, ckpt_path: Path, fp: str, lr: float, lr_key: str) -> bool:
-    """True when ``out`` was fine-tuned with these settings (fingerprint ``fp``); a RunError when it, or
-    the checkpoint of an unfinished run, was written with other ones. The name holds the epochs, init,
+def finished_with(out: Path, fp: str, lr: float, lr_key: str) -> bool:
+    """True when ``out`` was fine-tuned with these settings (fingerprint ``fp``); a RunError when it was
+    written with other ones. The name holds the epochs, init,
     loss weights and teacher but not the rest of the fingerprint (the learning rate, the parent's
     weights, the recipe), and training on would throw away that checkpoint and replace that export."""
     if (out / MANIFEST).is_file():
@@ -175,15 +175,7 @@ def finished_with(out: Path, ckpt_path: Path, fp: str, lr: float, lr_key: str) -
         what = f"{lr_key}={done['lr']:g}, not {lr:g}" if done.get("lr", lr) != lr else "other settings"
         raise RunError(f"{out} was fine-tuned with {what}; pass the settings it was trained with to keep it, "
                        f"or move or remove {out} to train it again with these")
-    if ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception:  # unreadable, so only a cache: resume_training notes it and starts over
-            return False
-        if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fp:
-            raise RunError(f"{ckpt_path} is an unfinished fine-tune written with other settings; pass the settings "
-                           f"it was started with to resume it, or move or remove {ckpt_path} to start over with these")
-    return False
+    return False  # an unfinished run's checkpoint of other settings: resume_training refuses it
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -317,7 +309,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
         static = static_backbone(folder.parent.parent, m["arch_key"], src.train.epochs)
         kd = "" if teacher_kind == "none" else teacher_kind  # (keeps the fingerprints of heads-only exports)
         fp = hashlib.sha256((fp + kd + static[0]["fingerprint"]).encode()).hexdigest()[:16]
-    if finished_with(out, ckpt_path, fp, lr, "export.finetune_lr" if init == "inherited" else "train.lr"):
+    if finished_with(out, fp, lr, "export.finetune_lr" if init == "inherited" else "train.lr"):
         print(f"{out.name}: already fine-tuned with these settings", file=sys.stderr)
         return out
     device = resolve_device(cfg.device)

@@ -142,7 +142,8 @@ def resume_training(path: Path, fingerprint: str, stateful: dict[str, Any]) -> d
 
     ``stateful`` maps checkpoint keys to objects with ``load_state_dict`` (model, optimizer,
     loader...); the RNG streams are restored too. Returns the checkpoint, or None when there is
-    none, it is unreadable (a note: it is only a cache) or it was written for other settings."""
+    none or it is unreadable (a note: it is only a cache); a RunError when it was written for other
+    settings, whose work training on would overwrite (the file names do not hold every setting)."""
     if not path.is_file():
         return None
     try:
@@ -151,7 +152,8 @@ def resume_training(path: Path, fingerprint: str, stateful: dict[str, Any]) -> d
         print(f"note: ignoring unreadable checkpoint {path} ({type(err).__name__})", file=sys.stderr)
         return None
     if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint:
-        return None
+        raise RunError(f"{path} was written with other settings; pass the settings it was trained with to keep or "
+                       f"resume it, or move or remove it to train again with these")
     for key, obj in stateful.items():
         obj.load_state_dict(ckpt[key])
     set_rng_state(ckpt["rng"])

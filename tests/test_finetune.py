@@ -214,8 +214,8 @@ def test_a_reexported_parent_keeps_fresh_weight_checkpoints_only(exported, tmp_p
 
 def test_other_settings_under_the_same_name_are_refused_not_trained_over(exported, tmp_path: Path,
                                                                           monkeypatch) -> None:
-    """The name holds the epochs, not the learning rate: another one must neither replace a finished
-    export (with its eval.json) nor restart an unfinished one over its checkpoint."""
+    """The name holds the epochs, not the learning rate: another one must not replace a finished export
+    (with its eval.json); an unfinished one's checkpoint is guarded by ``resume_training``."""
     cfg, parent = _two_exit_export(exported)
     settings = ("export.finetune_epochs=1", "export.onnx=false", "export.torchscript=false")
     run, other = (_cfg(tmp_path, f"export.finetune_lr={lr}", *settings) for lr in (0.05, 0.01))
@@ -227,14 +227,6 @@ def test_other_settings_under_the_same_name_are_refused_not_trained_over(exporte
         ft.finetune_export(parent, other)
     assert (out / "eval.json").is_file() and len(calls) == 1
     assert ft.finetune_export(parent, run) == out and len(calls) == 1  # the same settings: skipped, as before
-    shutil.rmtree(out)
-    ckpt = out.with_name(out.name + ".pt")
-    torch.save({"fingerprint": calls[0]["fingerprint"], "epoch": 0}, ckpt)
-    with pytest.raises(RunError, match="unfinished fine-tune written with other settings; pass the settings"):
-        ft.finetune_export(parent, other)
-    assert torch.load(ckpt, weights_only=False)["fingerprint"] == calls[0]["fingerprint"] and len(calls) == 1
-    ft.finetune_export(parent, run)  # its own settings go on from it
-    assert len(calls) == 2 and calls[1]["ckpt"] == ckpt and calls[1]["fingerprint"] == calls[0]["fingerprint"]
 
 
 def test_a_static_baseline_serves_only_while_its_checkpoint_is_the_network_its_record_describes(

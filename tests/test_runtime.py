@@ -50,6 +50,25 @@ def test_failed_save_keeps_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+def test_a_checkpoint_of_other_settings_is_refused_not_trained_over(tmp_path):
+    """Fine-tunes and baselines name their files by some settings only (not the learning rate, say):
+    training on with others would overwrite that work epoch by epoch."""
+    from nachos.runtime import resume_training
+
+    path = tmp_path / "run.pt"
+    assert resume_training(path, "fp-a", {}) is None  # nothing to resume
+    model = torch.nn.Linear(2, 2)
+    atomic_torch_save({"fingerprint": "fp-a", "model": model.state_dict(), "rng": rng_state()}, path)
+    with pytest.raises(RunError, match=r"run\.pt was written with other settings.*move or remove it"):
+        resume_training(path, "fp-b", {"model": torch.nn.Linear(2, 2)})
+    assert torch.load(path, weights_only=False)["fingerprint"] == "fp-a"
+    other = torch.nn.Linear(2, 2)
+    assert resume_training(path, "fp-a", {"model": other})["fingerprint"] == "fp-a"
+    assert torch.equal(other.weight, model.weight)
+    path.write_bytes(b"truncated")  # unreadable: only a cache, so noted and started over
+    assert resume_training(path, "fp-a", {}) is None
+
+
 @pytest.mark.parametrize("err, pattern", [(errno.EROFS, "read-only"), (errno.EACCES, "read-only"),
                                           (errno.ENOSPC, "disk is full")])
 def test_os_errors_become_clear_run_errors(tmp_path, monkeypatch, err, pattern):
