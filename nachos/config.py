@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -385,6 +385,17 @@ def get_dotted(tree: Any, dotted: str) -> Any:
         else:
             node = node.get(part) if isinstance(node, dict) else None
     return node
+
+
+def saved_differences(saved: Any, cfg: Config, keys: Iterable[str]) -> list[tuple[str, Any, Any]]:
+    """(key, the saved config's value, ``cfg``'s) for each dotted key on which a checkpoint's saved
+    config dict differs from ``cfg``; nothing for a checkpoint that saved none, and a key the saved
+    config lacks (written by older code) is not compared."""
+    if not isinstance(saved, dict):
+        return []
+    current = config_to_dict(cfg)
+    pairs = [(key, get_dotted(saved, key), get_dotted(current, key)) for key in keys]
+    return [(key, theirs, ours) for key, theirs, ours in pairs if theirs is not None and theirs != ours]
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nachos.config import Config, config_to_dict, get_dotted
+from nachos.config import Config, saved_differences
 from nachos.data import calibration_batches, load_splits, make_loader
 from nachos.runtime import RunError, resolve_device
 from search.cache import CacheStore, Timer, compute_cache, file_digest, fingerprint, tensor_digest
@@ -53,7 +53,7 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
                        f"{ours}; give the space settings it was trained with (its {path.parent / 'config.yaml'}: "
                        "the same config file and key=value overrides), or train a supernet for this space: "
                        f"{fix_supernet(cfg, config_path)}")
-    leak = split_mismatch(cfg, ckpt.get("config"))
+    leak = saved_differences(ckpt.get("config"), cfg, SPLIT_KEYS)
     if leak:
         theirs = " ".join(f"{k}={a}" for k, a, _ in leak)
         ours = " ".join(f"{k}={b}" for k, _, b in leak)
@@ -68,16 +68,6 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
 # the rest, so scoring it on a split drawn otherwise would score it on its own training images.
 # data.train_subset / data.val_subset only thin the two sides, which keeps them disjoint.
 SPLIT_KEYS = ("seed", "data.name", "data.val_fraction")
-
-
-def split_mismatch(cfg: Config, saved: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
-    """(key, the checkpoint's value, the config's) for each of SPLIT_KEYS on which they differ;
-    empty for a checkpoint that saved no config (nothing to check against)."""
-    if not isinstance(saved, dict):
-        return []
-    current = config_to_dict(cfg)
-    pairs = [(key, get_dotted(saved, key), get_dotted(current, key)) for key in SPLIT_KEYS]
-    return [(key, theirs, ours) for key, theirs, ours in pairs if theirs is not None and theirs != ours]
 
 
 def _heads_mismatch(cfg: Config, path: Path, config_path: str | None, detail: str) -> str:

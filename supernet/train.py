@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from exits import losses as exit_losses
 from exits.policies import class_logits, exit_confidence
-from nachos.config import Config, config_to_dict, describe, get_dotted, load_config, save_config
+from nachos.config import Config, config_to_dict, describe, load_config, save_config, saved_differences
 from nachos.data import balanced_pick, calibration_batches, derived_generator, load_splits, make_loader
 from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format,
                             resolve_device, rng_state, seed_everything, set_rng_state)
@@ -419,15 +419,9 @@ RESUME_FREE_KEYS = ("data.root", "data.cache_dir", "data.download", "data.eval_b
 
 
 def recipe_mismatch(saved: Any, cfg: Config) -> list[tuple[str, Any, Any]]:
-    """(key, the checkpoint's value, the config's) for each recipe key on which they differ; empty for a
-    checkpoint that saved no config, and a key the saved config lacks (older code) is not compared."""
-    if not isinstance(saved, dict):
-        return []
-    current = config_to_dict(cfg)
-    keys = [key for key, _, _ in describe()
-            if key.split(".", 1)[0] in RECIPE_SECTIONS and key not in RESUME_FREE_KEYS]
-    pairs = [(key, get_dotted(saved, key), get_dotted(current, key)) for key in keys]
-    return [(key, theirs, ours) for key, theirs, ours in pairs if theirs is not None and theirs != ours]
+    """(key, the checkpoint's value, the config's) for each recipe key on which they differ."""
+    keys = [key for key, _, _ in describe() if key.split(".", 1)[0] in RECIPE_SECTIONS and key not in RESUME_FREE_KEYS]
+    return saved_differences(saved, cfg, keys)
 
 
 def load_checkpoint(path: Path, space: SearchSpace, kernel_transform: bool, cfg: Config | None = None) -> dict:
