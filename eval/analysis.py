@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from eval.formatting import mmacs, pct, points
-from eval.run_folder import Export, Record, RunData, from_scratch
+from eval.run_folder import Export, Record, RunData, from_scratch, static_under
 
 
 GOAL_ACCURACY = 0.85
@@ -281,15 +281,14 @@ def rival_epochs(run: RunData) -> int:
     static network's frozen backbone, that network's epochs (at least the supernet's, as ``nachos
     finetune`` asks) plus any joint fine-tuning after (training the heads alone leaves the backbone)."""
     sup = run.cfg.train.epochs
-    by_id, epochs = {x.id: x for x in run.exports}, [sup]
+    epochs = [sup]
     for e in evaluated(run):
         ft = e.manifest.get("finetune") or {}
         own = int(ft.get("epochs", 0)) if e.training in ("inherited", "scratch", "static+joint") else 0
         under = 0 if e.training == "scratch" else sup
         if e.training in ("static", "static+joint"):
-            heads = e if e.training == "static" else by_id.get(ft.get("parent", ""))
-            tag = ((heads.manifest.get("finetune") or {}).get("static_baseline") or {}).get("tag") if heads else None
-            under = max([sup] + [int(b["epochs"]) for b in run.baselines if b.get("tag") == tag])
+            static = static_under(run, e)
+            under = max(sup, int(static["epochs"]) if static else 0)
         epochs.append(under + own)
     return max(epochs)
 

@@ -151,20 +151,27 @@ def from_note(run: RunData, b: dict[str, Any]) -> str:
     return f" (from `{src}`)" if src else ""
 
 
+def static_under(run: RunData, e: Export) -> dict[str, Any] | None:
+    """The static baseline whose frozen backbone carries ``e``'s exits: its own (``export.finetune_init=
+    static``) or, for a fine-tune of such an export, its parent's; None when there is none or it is
+    not among the run's baselines."""
+    ft = e.manifest.get("finetune") or {}
+    holder = e if e.training == "static" else next((x for x in run.exports if x.id == ft.get("parent")), None)
+    tag = ((holder.manifest.get("finetune") or {}).get("static_baseline") or {}).get("tag") if holder else None
+    return next((b for b in run.baselines if tag is not None and b.get("tag") == tag), None)
+
+
 def no_exit_control(run: RunData, e: Export) -> dict[str, Any] | None:
     """A no-exit control export (``Export.control``) as a static baseline: its final classifier on
     every test image, at its backbone's MACs, trained for the epochs of the static network under it
     plus its own; None (noted in ``run.problems``) when that lineage cannot be traced, and None
     (not a rival: its epochs build on the supernet's) when it was tuned from a supernet export."""
-    by_id = {x.id: x for x in run.exports}
     ft = e.manifest["finetune"]
-    parent = by_id.get(ft.get("parent", ""))
+    parent = next((x for x in run.exports if x.id == ft.get("parent")), None)
     if parent is not None and parent.training == "supernet" and e.training == "inherited":
         return None  # a subnet tuned briefly from the supernet's weights (a probe): the fine-tuning table has it
-    under = ((parent.manifest.get("finetune") or {}).get("static_baseline") or {}) if parent else {}
     # trained from scratch it owes nothing to another network; else to the static network under its parent
-    static = {"epochs": 0, "tag": None} if ft.get("init") == "scratch" else next(
-        (b for b in run.baselines if b.get("tag") == under.get("tag")), None)
+    static = {"epochs": 0, "tag": None} if ft.get("init") == "scratch" else static_under(run, e)
     if static is None or not e.eval.get("exit_accuracy_all_samples"):
         run.problems.append(f"no-exit control `{e.id}`: the static network under it is not among the run's baselines "
                             "(it needs a parent trained with export.finetune_init=static, or to be trained from "
