@@ -63,9 +63,9 @@ def ensure_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a probe of a unique name: jobs writing into one folder (two baselines side by side) must
+        # not delete each other's probe
+        tempfile.TemporaryFile(dir=path).close()
     except OSError as err:
         raise RunError(_os_error_text(path, err)) from None
     return path

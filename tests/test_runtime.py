@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import random
 import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +75,29 @@ def test_a_checkpoint_of_other_settings_is_refused_not_trained_over(tmp_path):
                                           (errno.ENOSPC, "disk is full")])
 def test_os_errors_become_clear_run_errors(tmp_path, monkeypatch, err, pattern):
     # Root ignores permissions, so the disk's refusal is simulated at the syscall boundary.
-    def refuse(self, *a, **k):
+    def refuse(*a, **k):
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(Path, "write_bytes", refuse)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
     with pytest.raises(RunError, match=pattern):
         ensure_dir(tmp_path / "x")
+
+
+def _probe_many(folder: str) -> None:
+    for _ in range(300):
+        ensure_dir(folder)
+
+
+def test_jobs_writing_into_one_folder_do_not_trip_each_others_probe(tmp_path):
+    # two static baselines side by side write checkpoints into one baselines/ folder
+    ctx = multiprocessing.get_context("fork")
+    jobs = [ctx.Process(target=_probe_many, args=(str(tmp_path),)) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert [job.exitcode for job in jobs] == [0, 0, 0]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_path_gives_clear_error(tmp_path):
