@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -158,7 +159,8 @@ class SearchConfig:
     bn_calib_batches: int = _f(10, lo=1, help="batches for BN recalibration of each backbone")
     max_backbones: int = _f(0, lo=0, help="distinct backbones scored at most (each costs a BN recalibration and "
                                "a validation pass); later offspring move to the nearest scored one (0 = no limit)")
-    init_backbones: int = _f(8, lo=1, help="distinct backbones in the initial population (the rest vary exits)")
+    init_backbones: int = _f(8, lo=1, help="distinct backbones in the initial population (the rest vary exits; at most "
+                             "search.max_backbones when that is set)")
     arch_mutation_prob: float = _f(0.3, lo=0.0, hi=1.0, help="chance that a mutation changes one arch gene")
     arch_crossover_prob: float = _f(0.5, lo=0.0, hi=1.0, help="chance that a crossover also mixes the parents' archs")
     init_max_macs_ratio: float = _f(3.0, lo=0.0, help="initial backbones: whole-network MACs at most this multiple "
@@ -313,14 +315,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2.7e6 (no dot in the mantissa) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 2.7e6 (no dot in the mantissa) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # NaN passes every range check, as it compares false
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -405,6 +412,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node: Any = tree
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"bad override key {dotted!r}: {'.'.join(parts[:i])} holds a single value, "
+                              "not keys or items")
         if isinstance(node, list):  # list items are addressed by index: space.stages.0.widths
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"bad override key {dotted!r}: {part!r} is not an index below {len(node)}")
@@ -421,6 +431,19 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
             node = node[part]
 
 
+def _field_type(dotted: str) -> Any:
+    """The declared type of the Config field at ``dotted`` (``space.stages.0.act`` -> str), None where none is."""
+    tp: Any = Config
+    for part in dotted.split("."):
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp).get(part)
+        elif typing.get_origin(tp) is list and part.isdigit():
+            (tp,) = typing.get_args(tp)
+        else:
+            return None
+    return tp
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """``["train.epochs=3", "name=x"]`` -> ``{"train.epochs": 3, "name": "x"}``."""
     out = {}
@@ -428,12 +451,59 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         if "=" not in arg:
             raise ConfigError(f"override {arg!r} has no '='; write overrides as key.sub=value")
         key, _, text = arg.partition("=")
-        out[key.strip()] = _parse_value(text.strip())
+        key, text = key.strip(), text.strip()
+        # A string field keeps the text as written: YAML would read name=010 as 8 and name=1.10 as 1.1.
+        # Quoted text is still unquoted, as in export.hand_arch='w16[k3e1] ...'.
+        if _field_type(key) is str and not text.startswith(("'", '"')):
+            out[key] = text
+        else:
+            out[key] = _parse_value(text)
     return out
 
 
 def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+PROFILE_NAMES = ("cpu", "cuda")
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _with_profile(file_tree: dict, name: Any, block: Any) -> dict:
+    """A copy of the file's tree with ``profiles.<name>`` applied, validated, its errors blamed on the profile."""
+    if name not in PROFILE_NAMES:
+        raise ConfigError(f"profiles.{name}: no such device profile; allowed names: {', '.join(PROFILE_NAMES)}")
+    if block is not None and not isinstance(block, dict):
+        raise ConfigError(f"profiles.{name} must be a mapping of key.sub: value, got {block!r}")
+    tree = copy.deepcopy(file_tree)
+    try:
+        # Nested values set their leaves only: {train: {epochs: 2}} must not reset the rest of train to defaults.
+        for key, value in _flatten(block or {}).items():
+            _set_dotted(tree, key, value)
+        _build(Config, tree)
+    except ConfigError as err:
+        raise ConfigError(f"profiles.{name}: {err}") from None
+    return tree
+
+
+def _check_beyond_ranges(cfg: Config) -> None:
+    """Rules that the per-key ranges cannot state: an exclusive bound, an order between two keys."""
+    if cfg.data.val_fraction <= 0:
+        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction!r} is out of range; allowed: > 0 and <= 0.5 "
+                          "(the search scores subnets on the validation split, so it needs a share > 0)")
+    s = cfg.search
+    if s.threshold_min >= s.threshold_max:
+        raise ConfigError(f"search.threshold_min={s.threshold_min!r} is not below search.threshold_max="
+                          f"{s.threshold_max!r}; give threshold_min < threshold_max")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
@@ -455,28 +525,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     overrides = overrides or {}
-    # The device can itself be overridden, and it decides which profile applies.
     _build(Config, tree)  # validate the file alone first, so its errors are not blamed on overrides
+    # The profile applies to the file as written, not after the overrides: its keys may point into a
+    # list that an override replaced (space.stages=[...]).
+    file_tree = copy.deepcopy(tree)
     for key, value in overrides.items():
         _set_dotted(tree, key, value)
-    pre = _build(Config, tree)
+    pre = _build(Config, tree)  # the device can itself be overridden, and it decides which profile applies
+    # Every profile is checked, so that a typo in the cuda one fails on a CPU machine too.
+    profiled = {name: _with_profile(file_tree, name, block) for name, block in pre.profiles.items()}
     if device_type is None:
         from nachos.runtime import resolve_device  # local: runtime imports torch
         device_type = resolve_device(pre.device).type
-    profile = pre.profiles.get(device_type) or {}
-    if not isinstance(profile, dict):
-        raise ConfigError(f"profiles.{device_type} must be a mapping of key.sub: value")
-    merged: dict = copy.deepcopy(tree)
-    for key, value in profile.items():
-        _set_dotted(merged, key, value)
+    merged = profiled.get(device_type, file_tree)
     for key, value in overrides.items():  # the command line wins over the profile
         _set_dotted(merged, key, value)
-    return _build(Config, merged)
+    cfg = _build(Config, merged)
+    _check_beyond_ranges(cfg)
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     from nachos.runtime import atomic_write_text
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    # The config is resolved already: a profile kept in the file would be applied again when it is
+    # loaded (report, resume) and undo values that came from the command line.
+    resolved = dataclasses.replace(cfg, profiles={})
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(resolved), sort_keys=False))
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -1,6 +1,7 @@
 """Config loading: validation errors name the key, the value and what is allowed; precedence."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -86,10 +87,63 @@ def test_override_values_parse_as_yaml_and_index_lists():
 
 
 def test_saved_config_round_trips(tmp_path):
-    cfg = load_config(CIFAR, ["train.lr=0.05"], device_type="cpu")
+    # train.epochs and search.max_backbones are keys both profiles set too: the saved file must not apply them again
+    cfg = load_config(CIFAR, ["train.lr=0.05", "train.epochs=48", "search.max_backbones=300"], device_type="cpu")
     save_config(cfg, tmp_path / "config.yaml")
-    again = load_config(tmp_path / "config.yaml", device_type="cpu")
-    assert again == cfg
+    for device in ("cpu", "cuda"):
+        again = load_config(tmp_path / "config.yaml", device_type=device)
+        assert again == dataclasses.replace(cfg, profiles={}), device
+        assert (again.train.epochs, again.search.max_backbones) == (48, 300)
+
+
+def test_profile_applies_to_the_file_before_the_overrides():
+    # the cpu profile narrows space.stages.2-4, which this override leaves out
+    cfg = load_config(CIFAR, ["space.stages=[{widths: [16]}, {widths: [24], stride: 2}]"], device_type="cpu")
+    assert [s.widths for s in cfg.space.stages] == [[16], [24]]
+    assert cfg.train.epochs == 7  # the profile still applies
+
+
+def test_nested_profile_values_set_only_their_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train": {"lr": 0.2}, "profiles": {"cpu": {"train": {"epochs": 2}}}}))
+    cfg = load_config(path, device_type="cpu")
+    assert (cfg.train.epochs, cfg.train.lr) == (2, 0.2)
+
+
+@pytest.mark.parametrize("profiles, pattern", [
+    ({"cpu": {"train.epochs": 3}, "cuda": {"train.epochz": 3}}, r"profiles\.cuda: unknown key 'train\.epochz'"),
+    ({"cuda": {"train": {"epochz": 3}}}, r"profiles\.cuda: unknown key 'train\.epochz'"),
+    ({"cuda": {"train.epochs": -1}}, r"profiles\.cuda: train\.epochs=-1 is out of range"),
+    ({"cuda": 3}, r"profiles\.cuda must be a mapping"),
+    ({"gpu": {"train.epochs": 3}}, r"profiles\.gpu: .*allowed names: cpu, cuda"),
+])
+def test_every_profile_is_checked_on_any_device(tmp_path, profiles, pattern):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"profiles": profiles}))
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(path, device_type="cpu")
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["train.lr=nan"], r"train\.lr: expected a finite number"),
+    (["search.min_accuracy=.nan"], r"search\.min_accuracy: expected a finite number"),
+    (["train.lr=inf"], r"train\.lr: expected a finite number"),
+    (["data.val_fraction=0"], r"data\.val_fraction=0\.0 is out of range; allowed: > 0 .*validation split"),
+    (["search.threshold_min=0.9", "search.threshold_max=0.5"], r"search\.threshold_min=0\.9 is not below "
+                                                                r"search\.threshold_max=0\.5"),
+    (["space.final_widths.0.x=1"], r"bad override key 'space\.final_widths\.0\.x'"),
+])
+def test_values_no_run_can_use_are_named(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(CIFAR, overrides, device_type="cpu")
+
+
+def test_string_fields_keep_the_text_as_written():
+    cfg = load_config(CIFAR, ["name=010", "data.root=1.10", "export.select=0x10", "export.hand_arch='w16[k3e1] f128'",
+                              'export.baseline_archs=["w16[k3e1] f128", "w24[k3e1] f128"]'], device_type="cpu")
+    assert (cfg.name, cfg.data.root, cfg.export.select) == ("010", "1.10", "0x10")
+    assert cfg.export.hand_arch == "w16[k3e1] f128"  # quotes are still removed
+    assert cfg.export.baseline_archs == ["w16[k3e1] f128", "w24[k3e1] f128"]
 
 
 def test_describe_lists_nested_keys_with_help():

@@ -569,13 +569,19 @@ def test_pins_reproduce_the_run_on_any_device(tmp_path: Path) -> None:
     src.write_text(TINY.read_text().split("\nprofiles:")[0] + "\nprofiles:\n"
                    "  cpu: {train.epochs: 7, train.random_max_macs: 8.1e6, space.stages.0.kernels: [3]}\n"
                    "  cuda: {train.epochs: 300}\n")
+    import yaml
+
     cfg = load_config(src, [f"out_dir={tmp_path}", "data.batch_size=32"], device_type="cpu")
     save_config(cfg, tmp_path / "saved.yaml")
-    import yaml
-    pins = pinned_overrides(yaml.safe_load((tmp_path / "saved.yaml").read_text()))
+    saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())
+    assert saved["profiles"] == {} and pinned_overrides(saved) == []  # saved resolved: nothing left to pin
+    # run folders written before save_config dropped the profiles still carry them
+    saved["profiles"] = config_to_dict(cfg)["profiles"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    pins = pinned_overrides(saved)
     assert pins == ["train.epochs=7"]  # the cuda profile would change it; nothing else differs
     for device in ("cpu", "cuda"):
-        again = load_config(tmp_path / "saved.yaml", [w for p in pins for w in shlex.split(p)], device_type=device)
+        again = load_config(tmp_path / "old.yaml", [w for p in pins for w in shlex.split(p)], device_type=device)
         assert config_to_dict(again) == config_to_dict(cfg), device
 
 
