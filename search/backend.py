@@ -6,6 +6,7 @@ lazily, so a resumed search whose caches are all on disk never runs the network.
 """
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from nachos.config import Config, saved_differences
 from nachos.data import calibration_batches, load_splits, make_loader
 from nachos.runtime import RunError, resolve_device
-from search.cache import CacheStore, Timer, compute_cache, file_digest, fingerprint, tensor_digest
+from search.cache import CacheStore, Timer, bytes_digest, compute_cache, fingerprint, tensor_digest
 from search.scoring import BackboneCache
 from supernet.space import Arch, SearchSpace
 from supernet.static import HeadSettings
@@ -35,12 +36,22 @@ def checkpoint_path(cfg: Config) -> Path:
 
 
 def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) -> tuple[Path, dict[str, Any]]:
+    path, ckpt, _ = read_checkpoint(cfg, space, config_path)
+    return path, ckpt
+
+
+def read_checkpoint(cfg: Config, space: SearchSpace,
+                    config_path: str | None) -> tuple[Path, dict[str, Any], str]:
+    """``load_checkpoint`` plus the digest of the bytes it loaded."""
     path = checkpoint_path(cfg)
     if not path.is_file():
         raise RunError(f"no supernet checkpoint at {path}; train the supernet first: {fix_supernet(cfg, config_path)}"
                        " (or point search.checkpoint=... at one)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # one read for the weights and their digest: a supernet run still training may replace best.pt
+        # between two reads, and caches of the old weights must not carry the new file's digest
+        data = path.read_bytes()
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as err:  # truncated or foreign files raise many kinds of errors
         raise RunError(f"cannot read supernet checkpoint {path} ({type(err).__name__}: {err}); "
                        f"retrain it: {fix_supernet(cfg, config_path)}") from None
@@ -61,7 +72,7 @@ def load_checkpoint(cfg: Config, space: SearchSpace, config_path: str | None) ->
                        f"it with {ours}: most of those images trained the supernet, so its scores would be inflated; "
                        f"pass {theirs} (its {path.parent / 'config.yaml'}), or train a supernet with these settings: "
                        f"{fix_supernet(cfg, config_path)}")
-    return path, ckpt
+    return path, ckpt, bytes_digest(data)
 
 
 # The settings that draw the validation split (nachos.data.split_indices); the supernet trained on
@@ -119,7 +130,7 @@ class SupernetBackend:
     def __init__(self, cfg: Config, config_path: str | None = None, cache_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.space = SearchSpace.from_config(cfg.space)
-        self.ckpt_path, ckpt = load_checkpoint(cfg, self.space, config_path)
+        self.ckpt_path, ckpt, self._ckpt_digest = read_checkpoint(cfg, self.space, config_path)
         self.device = resolve_device(cfg.device)
         self.criterion = cfg.exits.criterion
         self.model = self._build_model(ckpt, config_path)
@@ -137,13 +148,16 @@ class SupernetBackend:
 
     @property
     def scores_id(self) -> str:
-        """What every score depends on: the checkpoint's bytes, the validation split, the scoring settings."""
+        """What every score depends on: the checkpoint's bytes, the validation split, the BN calibration
+        images, the scoring settings."""
         return self.store.fp
 
     def _fingerprint(self) -> str:
         splits = self.splits
         return fingerprint({
-            "checkpoint": file_digest(self.ckpt_path), "val": tensor_digest(splits.val_x, splits.val_y),
+            "checkpoint": self._ckpt_digest, "val": tensor_digest(splits.val_x, splits.val_y),
+            # data.train_subset picks these images without touching the validation split
+            "calibration": tensor_digest(*self.calibration_batches()),
             "criterion": self.criterion, "bn_calib_batches": self.cfg.search.bn_calib_batches,
             "batch_size": self.cfg.data.batch_size, "seed": self.cfg.seed, "device": self.device.type,
         })
@@ -173,7 +187,8 @@ class SupernetBackend:
         if cached is not None:
             return cached
         with self.timer:
-            cache = compute_cache(self.model, arch, self.calibration_batches(), self.val_loader(), self.criterion)
+            cache = compute_cache(self.model, arch, self.calibration_batches(), self.val_loader(), self.criterion,
+                                  self.ckpt_path)
         self.store.save(arch, cache)
         return cache
 

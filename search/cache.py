@@ -6,7 +6,7 @@ for the final classifier we keep the predicted class (int16) and the exit confid
 configured criterion (float32); positions the arch lacks hold pred -1 and conf 0.
 
 Files live in ``<run_dir>/search/cache/<arch key>.npz`` and carry a fingerprint of everything
-that shaped them (checkpoint bytes, validation images, criterion, calibration settings): a file
+that shaped them (checkpoint bytes, validation and calibration images, criterion, settings): a file
 with another fingerprint is recomputed, never trusted.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from exits.policies import class_logits, exit_confidence
-from nachos.runtime import atomic_write_bytes, ensure_dir
+from nachos.runtime import RunError, atomic_write_bytes, ensure_dir
 from search.scoring import BackboneCache
 from supernet.bn import recalibrate_bn
 from supernet.space import Arch
@@ -34,12 +35,8 @@ def fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:20]
+def bytes_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:20]
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -62,7 +59,7 @@ def read_cache(folder: Path, arch: Arch, fp: str | None = None) -> BackboneCache
                 return None
             return BackboneCache(arch.key(), z["pred"].astype(np.int16), z["conf"].astype(np.float32),
                                  z["labels"].astype(np.int64))
-    except (OSError, ValueError, KeyError):  # truncated or foreign: recompute
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # truncated or foreign: recompute
         return None
 
 
@@ -88,8 +85,10 @@ class CacheStore:
 
 @torch.no_grad()
 def compute_cache(model: nn.Module, arch: Arch, calib: list[torch.Tensor],
-                  val: Iterable[tuple[torch.Tensor, torch.Tensor]], criterion: str) -> BackboneCache:
-    """BN recalibration of ``arch`` on ``calib``, then one validation pass with every exit."""
+                  val: Iterable[tuple[torch.Tensor, torch.Tensor]], criterion: str,
+                  checkpoint: Path | None = None) -> BackboneCache:
+    """BN recalibration of ``arch`` on ``calib``, then one validation pass with every exit.
+    Non-finite logits raise a ``RunError`` naming ``checkpoint``, the weights they came from."""
     model.set_active(arch)
     recalibrate_bn(model, calib, len(calib))
     model.eval()
@@ -104,6 +103,13 @@ def compute_cache(model: nn.Module, arch: Arch, calib: list[torch.Tensor],
                 p_rows.append(torch.full((len(x),), -1, dtype=torch.int16))
                 c_rows.append(torch.zeros(len(x), dtype=torch.float32))
                 continue
+            # NaN confidences would be scored as leaving at the first exit (searchsorted puts them above
+            # every threshold) while the decision rule never lets them leave: no score of them is right
+            if not torch.isfinite(o).all():
+                weights = f"supernet checkpoint {checkpoint}" if checkpoint else "the supernet"
+                raise RunError(f"{weights} gives non-finite logits on {arch.key()}: its training diverged; "
+                               "retrain the supernet (a lower train.lr) or search another checkpoint "
+                               "(search.checkpoint=...)")
             # the final classifier has no confidence column, and no decision is taken on it
             crit = "softmax" if i == len(outs) - 1 and criterion == "learned" else criterion
             p_rows.append(class_logits(o, crit).argmax(-1).to(torch.int16).cpu())

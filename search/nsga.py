@@ -90,7 +90,10 @@ def run_nsga2(codec: GenomeCodec, evaluator: CandidateEvaluator, search: SearchC
     else:
         phase = Phase("nsga2", Archive("nsga2"))
         problem = SubnetProblem(codec, len(evaluator.constraints.active))
-        algorithm = NSGA2(pop_size=search.population, sampling=GenomeSampling(search.init_backbones),
+        # more initial backbones than the budget admits would be moved onto the admitted ones by the
+        # repair, and the duplicates this makes would be dropped from the first population
+        init = min(search.init_backbones, search.max_backbones or search.init_backbones)
+        algorithm = NSGA2(pop_size=search.population, sampling=GenomeSampling(init),
                           crossover=GenomeCrossover(search.arch_crossover_prob),
                           mutation=GenomeMutation(search.arch_mutation_prob), repair=BudgetRepair(),
                           eliminate_duplicates=True)

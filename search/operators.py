@@ -43,7 +43,7 @@ class BackboneBudget:
             self.index[key] = len(self.genes)
             self.genes.append(arch_genes.copy())
             return x
-        dist = np.sum(np.stack(self.genes) != arch_genes, axis=1)
+        dist = codec.arch_distance(np.stack(self.genes), arch_genes)
         y = x.copy()
         y[: codec.n_arch] = self.genes[int(np.argmin(dist))]  # ties: the earliest admitted
         return codec.repair(y)

@@ -51,8 +51,6 @@ class SearchResult:
 
 def _check_settings(cfg: Config) -> None:
     s = cfg.search
-    if s.threshold_min >= s.threshold_max:
-        raise RunError(f"search.threshold_min={s.threshold_min} must be below search.threshold_max={s.threshold_max}")
     if s.min_accuracy >= 1.0:  # the hypervolume's reference error, 1 - min_accuracy, would be 0
         raise RunError(f"search.min_accuracy={s.min_accuracy} admits only perfect subnets; give a value below 1 "
                        "(NACHOS's: 0.65)")

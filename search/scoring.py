@@ -24,6 +24,12 @@ from exits.policies import decide_exits_np, exit_scores_np
 
 # Joint-histogram tables above this many cells per array fall back to grouped direct scoring.
 MAX_TABLE_CELLS = 1 << 21
+# Tables are exact and fast (O(k) lookups per configuration, against O(k U) with U <= N groups) but
+# hold 4 (k+2) bytes a cell, and the evaluator keeps up to 128 scorers: at N = 5000 one k = 6 table
+# (11**6 cells) would take ~54 MB. So one is built where refinement enumerates the whole grid
+# (grid_size**k <= MAX_EXHAUSTIVE, about as many cells: speed counts there) or where it has at most
+# this many cells per validation sample; other exit sets are scored a few configurations at a time.
+TABLE_CELLS_PER_SAMPLE = 8
 # Exhaustive threshold refinement up to this many grid points, coordinate descent beyond.
 MAX_EXHAUSTIVE = 1 << 18
 _CHUNK = 1 << 16
@@ -66,10 +72,6 @@ class Scores:
     counts: np.ndarray  # (B, k+1) samples leaving at each selected exit, then the final
     expected_cost: np.ndarray  # (B,)
 
-    @property
-    def rates(self) -> np.ndarray:
-        return self.counts / self.counts.sum(axis=1, keepdims=True)
-
 
 class ExitSetScorer:
     """Scores threshold-index vectors (B, k) for one backbone and one exit set."""
@@ -98,7 +100,9 @@ class ExitSetScorer:
         else:
             self._q = np.zeros((0, self.n), dtype=np.int64)
         side = self.levels + 1
-        self.use_table = side ** self.k <= max_cells
+        cells = side ** self.k
+        self.use_table = cells <= max_cells and (self.grid_size ** self.k <= MAX_EXHAUSTIVE
+                                                 or cells <= TABLE_CELLS_PER_SAMPLE * self.n)
         if self.use_table:
             self._build_table(side)
         else:
@@ -203,21 +207,20 @@ def score_direct(cache: BackboneCache, exits: tuple[int, ...], thresholds: np.nd
 
 
 # ---------------------------------------------------------------------- refinement
+def _rank(acc: np.ndarray | float, cost: np.ndarray | float, budget: float,
+          min_accuracy: float | None) -> tuple[np.ndarray, ...]:
+    """Sort keys, most significant first, smallest best. With a budget: feasible first, then highest
+    accuracy, then lowest cost (infeasible: lowest cost, then highest accuracy). With ``min_accuracy``:
+    accurate enough first, then lowest cost, then highest accuracy (not enough: the reverse)."""
+    acc, cost = np.asarray(acc, dtype=np.float64), np.asarray(cost, dtype=np.float64)
+    ok = acc >= min_accuracy if min_accuracy is not None else cost <= budget
+    first, second = (cost, -acc) if min_accuracy is not None else (-acc, cost)
+    return ~ok, np.where(ok, first, second), np.where(ok, second, first)
+
+
 def _better(acc: np.ndarray, cost: np.ndarray, budget: float, min_accuracy: float | None = None) -> int:
-    """Index of the best configuration. With a budget: feasible first, then highest accuracy, then
-    lowest cost. With ``min_accuracy``: accurate enough first, then lowest cost, then highest accuracy."""
-    if min_accuracy is not None:
-        ok = acc >= min_accuracy
-        if ok.any():
-            idx = np.flatnonzero(ok)
-            return int(idx[np.lexsort((-acc[idx], cost[idx]))[0]])
-        return int(np.lexsort((cost, -acc))[0])
-    feasible = cost <= budget
-    if feasible.any():
-        idx = np.flatnonzero(feasible)
-        order = np.lexsort((cost[idx], -acc[idx]))
-        return int(idx[order[0]])
-    return int(np.lexsort((-acc, cost))[0])
+    """Index of the best configuration (see ``_rank``; ties: the first)."""
+    return int(np.lexsort(_rank(acc, cost, budget, min_accuracy)[::-1])[0])
 
 
 def refine_thresholds(scorer: ExitSetScorer, budget: float, start: np.ndarray | None = None,
@@ -257,17 +260,9 @@ def refine_thresholds(scorer: ExitSetScorer, budget: float, start: np.ndarray | 
 
 def _prefer(a: tuple[np.ndarray, float, float], b: tuple[np.ndarray, float, float], budget: float,
             min_accuracy: float | None = None) -> bool:
-    if min_accuracy is not None:
-        oka, okb = a[1] >= min_accuracy, b[1] >= min_accuracy
-        if oka != okb:
-            return oka
-        return (-a[2], a[1]) > (-b[2], b[1]) if oka else (a[1], -a[2]) > (b[1], -b[2])
-    fa, fb = a[2] <= budget, b[2] <= budget
-    if fa != fb:
-        return fa
-    if not fa:
-        return a[2] < b[2]
-    return (a[1], -a[2]) > (b[1], -b[2])
+    """Whether (indices, accuracy, cost) ``a`` ranks strictly before ``b`` (see ``_rank``)."""
+    ka, kb = (tuple(float(v) for v in _rank(x[1], x[2], budget, min_accuracy)) for x in (a, b))
+    return ka < kb
 
 
 def _coordinate_descent(scorer: ExitSetScorer, j: np.ndarray, budget: float, max_rounds: int,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from nachos.config import Config, load_config
+from nachos.config import Config, ConfigError, load_config
 from nachos.runtime import RunError
 from search.evaluate import Constraints
 from search.front import dominates, pareto_front
@@ -107,6 +108,42 @@ def test_cached_scores_match_decide_exits(criterion: str, max_cells: int) -> Non
             assert s.accuracy[b] == pytest.approx(acc, abs=1e-12)
             np.testing.assert_array_equal(s.counts[b], counts)
             assert s.expected_cost[b] == pytest.approx(cost, rel=1e-12)
+
+
+def test_exit_set_tables_are_kept_small() -> None:
+    cache = _random_cache(P=6, N=200, seed=6)
+    grid = threshold_grid(0.0, 1.0, 11)  # 10 usable levels: 11**k cells
+    rng = np.random.default_rng(7)
+    # a table for small sets and for those refined exhaustively (11**5 points), grouped scoring beyond
+    for exits, table in [((0, 3), True), ((0, 1, 2, 4, 5), True), (tuple(range(6)), False)]:
+        costs = np.sort(rng.random(len(exits) + 1)) * 1e6
+        sc = ExitSetScorer(cache, exits, grid, "softmax", costs)
+        assert sc.use_table == table
+        J = rng.integers(0, len(grid), (40, len(exits)))
+        s = sc.score(J)
+        for b in range(len(J)):
+            acc, counts, cost = score_direct(cache, exits, grid[J[b]], "softmax", costs)
+            assert s.accuracy[b] == pytest.approx(acc, abs=1e-12)
+            np.testing.assert_array_equal(s.counts[b], counts)
+            assert s.expected_cost[b] == pytest.approx(cost, rel=1e-12)
+
+
+@pytest.mark.parametrize("budget, min_accuracy", [(0.5, None), (2.0, None), (np.inf, None),
+                                                  (np.inf, 0.65), (np.inf, 0.9)])
+def test_threshold_preferences_agree(budget: float, min_accuracy: float | None) -> None:
+    from search.scoring import _better, _prefer
+
+    rng = np.random.default_rng(8)  # few distinct values: ties in cost and in accuracy
+    acc, cost = rng.choice([0.5, 0.6, 0.7], 40), rng.choice([1.0, 2.0, 3.0], 40)
+    best = _better(acc, cost, budget, min_accuracy)
+
+    def cand(i: int) -> tuple[np.ndarray, float, float]:
+        return np.zeros(0, dtype=np.int64), float(acc[i]), float(cost[i])
+
+    for i in range(len(acc)):
+        assert not _prefer(cand(i), cand(best), budget, min_accuracy)
+        if (acc[i], cost[i]) != (acc[best], cost[best]):
+            assert _prefer(cand(best), cand(i), budget, min_accuracy), (acc[i], cost[i])
 
 
 def test_refinement_is_optimal_and_feasible() -> None:
@@ -296,11 +333,11 @@ def test_search_seed_reseeds_the_search_not_the_split(tmp_path: Path) -> None:
         fake_search(fake_cfg(tmp_path / "run-seed", "search.generations=2", "search.seed=5"), resume=True)
 
 
-@pytest.mark.parametrize("bad, named", [(["search.threshold_min=0.9", "search.threshold_max=0.5"], "threshold_min"),
-                                        (["search.min_accuracy=1.0"], "min_accuracy=1.0")])
-def test_settings_no_search_can_use_are_refused_by_name(tmp_path: Path, bad: list[str], named: str) -> None:
-    with pytest.raises(RunError, match=named):
-        fake_search(fake_cfg(tmp_path, *bad))
+def test_settings_no_search_can_use_are_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="min_accuracy=1.0"):
+        fake_search(fake_cfg(tmp_path, "search.min_accuracy=1.0"))
+    with pytest.raises(ConfigError, match="threshold_min=0.5 is not below search.threshold_max=0.5"):
+        fake_cfg(tmp_path, "search.threshold_min=0.5", "search.threshold_max=0.5")  # one threshold: no trade-off
 
 
 def test_resume_refuses_other_settings(tmp_path: Path) -> None:
@@ -333,6 +370,44 @@ def test_cost_infeasible_backbones_are_never_run(tmp_path: Path) -> None:
     res = run_search(cfg, backend=backend, track=False)
     assert res.exit_code == INFEASIBLE_EXIT and backend.computed == []
     assert "max_expected_macs" in res.message
+
+
+def test_more_initial_backbones_than_the_budget_keep_the_population_full(tmp_path: Path) -> None:
+    cfg = fake_cfg(tmp_path, "search.max_backbones=2", "search.init_backbones=8", "search.generations=1")
+    res = fake_search(cfg)
+    history = json.loads((res.search_dir / "history.json").read_text())
+    assert history["nsga2"]["generations"][0]["n_eval"] == cfg.search.population
+    assert res.backbones <= 2
+
+
+def test_damaged_cache_file_is_recomputed(tmp_path: Path) -> None:
+    from search.cache import CacheStore
+
+    arch = SearchSpace.from_config(load_config(TINY, device_type="cpu").space).smallest()
+    store = CacheStore(tmp_path, "fp")
+    path = store.save(arch, _random_cache(P=3, N=50, seed=9))
+    whole = path.read_bytes()
+    assert store.load(arch) is not None
+    for cut in (len(whole) // 2, len(whole) - 10, 40):
+        path.write_bytes(whole[:cut])
+        assert store.load(arch) is None, cut
+
+
+def test_diverged_supernet_is_refused_by_checkpoint(tmp_path: Path) -> None:
+    from search.cache import compute_cache
+    from supernet.network import create_supernet
+
+    cfg = load_config(TINY, [f"out_dir={tmp_path}"], device_type="cpu")
+    space = SearchSpace.from_config(cfg.space)
+    torch.manual_seed(0)
+    model = create_supernet(cfg)
+    x, y = torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
+    compute_cache(model, space.smallest(), [x], [(x, y)], "softmax")  # finite: fine
+    with torch.no_grad():
+        next(model.heads.parameters()).fill_(float("nan"))
+    ckpt = tmp_path / "best.pt"
+    with pytest.raises(RunError, match=rf"{re.escape(str(ckpt))} .*non-finite logits.*retrain.*search\.checkpoint"):
+        compute_cache(model, space.smallest(), [x], [(x, y)], "softmax", ckpt)
 
 
 def test_missing_checkpoint_names_the_fix(tmp_path: Path) -> None:
@@ -431,6 +506,41 @@ def test_tiny_search_outputs_and_cache_reuse(tiny_run) -> None:
     backend.store.fp, fp = "other", backend.store.fp
     assert backend.store.load(arch) is None
     backend.store.fp = fp
+
+
+@pytest.mark.slow
+def test_calibration_images_key_the_score_caches(tiny_run) -> None:
+    import dataclasses
+
+    from search.backend import SupernetBackend
+
+    cfg, backend, _ = tiny_run
+    assert SupernetBackend(cfg).scores_id == backend.scores_id
+    # the same validation split, BN statistics from other training images
+    other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_subset=256))
+    assert SupernetBackend(other).scores_id != backend.scores_id
+
+
+@pytest.mark.slow
+def test_scores_id_is_of_the_weights_loaded(tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import shutil
+
+    from search.backend import SupernetBackend
+
+    cfg, backend, _ = tiny_run
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(cfg.run_dir / "best.pt", ckpt)
+    load = torch.load
+
+    def load_then_replaced(*args, **kwargs):
+        weights = load(*args, **kwargs)
+        ckpt.write_bytes(ckpt.read_bytes() + b"retrained")  # a supernet run still training replaces best.pt
+        return weights
+
+    monkeypatch.setattr(torch, "load", load_then_replaced)
+    other = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, checkpoint=str(ckpt)))
+    assert SupernetBackend(other).scores_id == backend.scores_id
 
 
 @pytest.mark.slow
