@@ -34,7 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from supernet.bn import recalibrate_bn
 from supernet.costs import profile_exit_costs
 from supernet.space import Arch
 from supernet.static import StaticEENet
+
+if TYPE_CHECKING:
+    from nachos.data import Splits
 
 FORMAT = "nachos-export"
 VERSION = 1
@@ -232,6 +235,25 @@ def _state_bytes(net: StaticEENet) -> bytes:
     return save(state, metadata={"format": "pt"})
 
 
+def check_images(cfg: Config, splits: Splits, n: int = 64) -> torch.Tensor:
+    """``n`` random validation images, normalised, for the parity checks (splits may be stored sorted
+    by class: the first ``n`` would all be one class and rarely leave early)."""
+    from nachos.data import derived_generator, make_loader
+
+    pick = torch.randperm(len(splits.val_y), generator=derived_generator(cfg.seed, "export-check"))[:n]
+    loader = make_loader(cfg, splits.val_x[pick], splits.val_y[pick], "cpu", train=False, seed=cfg.seed,
+                         mean=splits.mean, std=splits.std)
+    return torch.cat([x for x, _ in loader])
+
+
+def parity_problems(checks: dict[str, Any], tolerance: float = 1e-3) -> list[str]:
+    """What the parity checks found wrong with a written form: logits further than ``tolerance`` from
+    the PyTorch model's, or other exit decisions or predictions on any check image."""
+    out = [f"{k} = {v:.2g}" for k, v in checks.items() if k.endswith("_max_abs_diff") and v > tolerance]
+    return out + [f"{k} = {v:.4f}" for k, v in checks.items() if k.endswith(("_same_exits", "_same_predictions"))
+                  and v < 1.0]
+
+
 def write_export(folder: Path, model: EarlyExitModel, manifest: dict[str, Any], *, torchscript: bool, onnx: bool,
                  opset: int, check_x: torch.Tensor | None = None) -> Path:
     """Write weights, TorchScript, ONNX and arch.json into ``folder`` (replaced when complete).
@@ -239,8 +261,9 @@ def write_export(folder: Path, model: EarlyExitModel, manifest: dict[str, Any], 
     With ``check_x`` (normalised images), the TorchScript file and the ONNX runner are run on it
     and their largest logit difference and exit-decision agreement go to ``manifest['checks']``."""
     folder = Path(folder)
-    ensure_dir(folder.parent)
-    staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    # beside the exports, not among them: a job killed mid-export leaves its staging folder behind,
+    # and eval, the index, the report and the archive take every folder of the export root for one
+    staging = ensure_dir(folder.parent / ".staging") / f"{folder.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
@@ -272,6 +295,11 @@ def write_export(folder: Path, model: EarlyExitModel, manifest: dict[str, Any], 
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         if check_x is not None:
             manifest["checks"] = parity_checks(staging, model, check_x)
+            problems = parity_problems(manifest["checks"])
+            if problems:
+                print(f"WARNING: {folder.name}: a written form disagrees with the PyTorch model on "
+                      f"{len(check_x)} validation images ({'; '.join(problems)}); check it before deploying "
+                      "(arch.json `checks`), or export again with that form off", file=sys.stderr)
             atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -360,16 +388,6 @@ class Exporter:
             return self.backend.calibration_batches()
         s = self.backend.splits
         return calibration_batches(self.cfg, s.train_x, s.train_y, s.mean, s.std, self.backend.device, n_batches)
-
-    def check_images(self, n: int) -> torch.Tensor:
-        """``n`` random validation images, normalised (splits may be stored sorted by class)."""
-        from nachos.data import derived_generator, make_loader
-
-        s, cfg = self.backend.splits, self.cfg
-        pick = torch.randperm(len(s.val_y), generator=derived_generator(cfg.seed, "export-check"))[:n]
-        loader = make_loader(cfg, s.val_x[pick], s.val_y[pick], "cpu", train=False, seed=cfg.seed, mean=s.mean,
-                             std=s.std)
-        return torch.cat([x for x, _ in loader])
 
     def build(self, rec: Record) -> tuple[EarlyExitModel, list[float], str]:
         """The solution's early-exit model, BN statistics recalibrated for its subnet (on CPU)."""
@@ -490,7 +508,7 @@ class Exporter:
             "config": config_to_dict(cfg),
             "description": model.description(),
         }
-        check_x = self.check_images(64)
+        check_x = check_images(self.cfg, self.backend.splits)
         folder = write_export(export_root(cfg) / eid, model, manifest, torchscript=cfg.export.torchscript,
                               onnx=cfg.export.onnx, opset=cfg.export.onnx_opset, check_x=check_x)
         _warn_on_mismatch(folder, val, rec)

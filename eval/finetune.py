@@ -52,7 +52,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.export import FORMAT, export_root, load_exported, run_early_exit, select_solutions, write_export
+from eval.export import (FORMAT, check_images, export_root, load_exported, run_early_exit, select_solutions,
+                         write_export)
 from eval.metrics import exit_statistics, expected_cost
 from eval.onnx_runner import MANIFEST, read_manifest
 from eval.runtime import EarlyExitModel
@@ -358,9 +359,8 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
                     expected_macs=after["expected_macs"], validation=after, finetune=info, format=FORMAT)
     for stale in ("checks", "onnx"):  # write_export records what it writes
         manifest.pop(stale, None)
-    check_x = torch.cat([x.cpu() for x, _ in val_loader])[:64]
     write_export(out, tuned, manifest, torchscript=cfg.export.torchscript, onnx=cfg.export.onnx,
-                 opset=cfg.export.onnx_opset, check_x=check_x)
+                 opset=cfg.export.onnx_opset, check_x=check_images(src, splits))
     ckpt_path.unlink(missing_ok=True)  # the export holds the weights now
     return out
 

@@ -14,7 +14,7 @@ import torch
 
 from eval.export import (Exporter, load_exported, load_search_result, load_torchscript, run_early_exit,
                          run_export, select_solutions)
-from eval.onnx_runner import OnnxEarlyExitRunner
+from eval.onnx_runner import MANIFEST, OnnxEarlyExitRunner
 from eval.runtime import EarlyExitModel, _confidence, script_model
 from exits.policies import CRITERIA, class_logits, decide_exits, exit_confidence
 from nachos.config import config_to_dict, load_config
@@ -165,6 +165,59 @@ def test_three_forms_agree_for_every_criterion(tmp_path: Path, criterion: str) -
     assert o_logits.shape == (80, 10) and np.abs(o_logits - logits.numpy()).max() < 1e-4
     checks = json.loads((folder / "arch.json").read_text())["checks"]
     assert checks["onnx_same_exits"] == 1.0 and checks["torchscript_same_exits"] == 1.0
+
+
+def _bare_model(cfg) -> EarlyExitModel:
+    sup = create_supernet(cfg)
+    net = sup.extract(sup.space.smallest(), [0]).eval()
+    return EarlyExitModel(net, [0.5], "softmax").eval()
+
+
+def test_an_export_killed_midway_leaves_nothing_that_passes_for_an_export(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    import eval.export as export_module
+    from eval.evaluate import resolve_export_dirs
+    from eval.export import export_root, write_export
+
+    cfg = _cfg(tmp_path)
+    torch.manual_seed(0)
+    model, x = _bare_model(cfg), torch.randn(8, 3, 32, 32)
+    manifest = {"description": model.description(), "thresholds": [0.5], "criterion": "softmax", "num_classes": 10,
+                "input": {"shape": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3}}
+    good = write_export(export_root(cfg) / "good", model, manifest, torchscript=False, onnx=False, opset=17,
+                        check_x=x)
+    assert "WARNING" not in capsys.readouterr().err  # the forms agree: no warning
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")  # with cleanup disabled below: what SIGKILL leaves after arch.json
+
+    monkeypatch.setattr(export_module, "parity_checks", killed)
+    monkeypatch.setattr(export_module.shutil, "rmtree", lambda *a, **k: None)
+    with pytest.raises(RuntimeError, match="killed"):
+        write_export(export_root(cfg) / "bad", model, manifest, torchscript=False, onnx=False, opset=17, check_x=x)
+    monkeypatch.undo()
+    assert any(p.name == MANIFEST for p in export_root(cfg).rglob("*") if "bad" in str(p.parent))  # left behind
+    assert resolve_export_dirs(cfg, None) == [good]  # eval and the index (same rule)
+    assert [p.parent for p in export_root(cfg).glob(f"*/{MANIFEST}")] == [good]  # the report and the archive
+
+
+def test_a_form_that_disagrees_with_the_model_is_reported(tmp_path: Path, monkeypatch, capsys) -> None:
+    import eval.export as export_module
+    from eval.export import export_root, write_export
+
+    cfg = _cfg(tmp_path)
+    model = _bare_model(cfg)
+    manifest = {"description": model.description(), "thresholds": [0.5], "criterion": "softmax", "num_classes": 10,
+                "input": {"shape": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3}}
+    monkeypatch.setattr(export_module, "parity_checks", lambda *a: {"images": 8, "onnx_max_abs_diff": 0.2,
+                                                                    "onnx_same_exits": 0.875,
+                                                                    "torchscript_max_abs_diff": 1e-7,
+                                                                    "torchscript_same_exits": 1.0})
+    write_export(export_root(cfg) / "x", model, manifest, torchscript=False, onnx=False, opset=17,
+                 check_x=torch.randn(8, 3, 32, 32))
+    err = capsys.readouterr().err
+    assert "WARNING: x:" in err and "onnx_max_abs_diff = 0.2" in err and "onnx_same_exits = 0.8750" in err
+    assert "torchscript" not in err
 
 
 # ----------------------------------------------------------------------------- selection
