@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config, ConfigError, config_to_dict, load_config
+from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config, ConfigError, config_to_dict, saved_config_here
 from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format,
                             resolve_device, resume_training, rng_state, seed_everything)
 from supernet.space import Arch, SearchSpace
@@ -256,25 +256,16 @@ def run_config(cfg: Config, run_dir: Path | None = None) -> Config:
     """The run's saved config (``<run_dir>/config.yaml``, the settings it was trained with), with
     ``cfg``'s machine-specific fields (device, threads, data location, export, wandb, out_dir).
 
-    The saved file is already resolved, so its ``profiles`` block is dropped: applied again it
-    would undo command-line overrides of the original run (e.g. train.epochs)."""
+    (``nachos.config.saved_config_here``)."""
     run_dir = cfg.run_dir if run_dir is None else Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
         return dataclasses.replace(cfg, name=run_dir.name, out_dir=str(run_dir.parent))
     try:
-        stored = yaml.safe_load(path.read_text()) or {}
-        stored = {k: v for k, v in stored.items() if k != "profiles"}
-        saved = load_config(None, stored, device_type="cpu")
+        saved = saved_config_here(yaml.safe_load(path.read_text()) or {}, cfg)
     except (ConfigError, yaml.YAMLError, OSError) as err:
         raise RunError(f"cannot read the run's config {path} ({err})") from None
-    data = saved.data
-    if cfg.data.root:
-        data = dataclasses.replace(data, root=cfg.data.root)
-    data = dataclasses.replace(data, cache_dir=cfg.data.cache_dir)
-    return dataclasses.replace(saved, name=run_dir.name, out_dir=str(run_dir.parent), device=cfg.device,
-                               num_threads=cfg.num_threads, deterministic=cfg.deterministic, data=data,
-                               export=cfg.export, wandb=cfg.wandb)
+    return dataclasses.replace(saved, name=run_dir.name, out_dir=str(run_dir.parent))
 
 
 def subset_notice(cfg: Config, run: Config) -> str | None:

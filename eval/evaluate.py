@@ -20,9 +20,7 @@ Writes ``eval.json``, ``eval.md`` and ``eval.png`` into the export folder.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +35,7 @@ from eval.metrics import (exit_statistics, expected_calibration_error, expected_
 from eval.onnx_runner import MANIFEST, OnnxEarlyExitRunner, read_manifest
 from eval.runtime import EarlyExitModel
 from exits.policies import decide_exits
-from nachos.config import Config, ConfigError, load_config
+from nachos.config import Config, ConfigError, saved_config_here
 from nachos.runtime import RunError, atomic_write_text, memory_format, resolve_device
 
 DEPLOY_STEPS = 40  # deployment_grid: thresholds 0, 0.025, ..., 1 besides the search's own
@@ -68,22 +66,15 @@ def resolve_export_dirs(cfg: Config, export_dir: str | None, config_path: str | 
 
 
 def source_config(manifest: dict[str, Any], cfg: Config) -> Config:
-    """The export's recorded config (its data set and normalisation), run with ``cfg``'s device,
-    threads and eval settings; ``cfg``'s data.root / cache_dir win when set (another machine)."""
-    stored = {k: v for k, v in manifest.get("config", {}).items() if k != "profiles"}
+    """The export's recorded config (its data set, split and normalisation) on this machine
+    (``nachos.config.saved_config_here``)."""
     try:
-        src = load_config(None, stored, device_type="cpu")
+        return saved_config_here(manifest.get("config", {}), cfg)
     except ConfigError as err:
-        print(f"note: the export's recorded config does not load here ({err}); using the given config's data "
-              "settings", file=sys.stderr)
-        return cfg
-    data = src.data
-    if cfg.data.root:
-        data = dataclasses.replace(data, root=cfg.data.root)
-    if cfg.data.cache_dir != data.cache_dir and Path(cfg.data.cache_dir).is_dir():
-        data = dataclasses.replace(data, cache_dir=cfg.data.cache_dir)
-    return dataclasses.replace(src, data=data, device=cfg.device, num_threads=cfg.num_threads, export=cfg.export,
-                               deterministic=cfg.deterministic)
+        # not the given config instead: its seed or val_fraction may draw another validation split,
+        # which would choose thresholds on images the export trained on
+        raise RunError(f"the export's recorded config does not load here ({err}); export it again with this "
+                       "version of nachos") from None
 
 
 def test_order(labels: torch.Tensor, num_classes: int, subset: int, seed: int) -> torch.Tensor:

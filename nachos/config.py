@@ -553,6 +553,21 @@ def save_config(cfg: Config, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config_to_dict(resolved), sort_keys=False))
 
 
+def saved_config_here(stored: dict[str, Any], cfg: Config) -> Config:
+    """A run's saved settings (``stored``: its config.yaml or an export's recorded config) on this
+    machine: ``cfg``'s device, threads, determinism, export and wandb settings and data location
+    (``data.root`` when set; ``data.cache_dir`` unless only the saved one exists). ``stored`` is
+    resolved, so profiles it still carries (saved before ``save_config`` emptied them) are dropped."""
+    saved = load_config(None, {k: v for k, v in stored.items() if k != "profiles"}, device_type="cpu")
+    data = saved.data
+    if cfg.data.root:
+        data = dataclasses.replace(data, root=cfg.data.root)
+    if Path(cfg.data.cache_dir).is_dir() or not Path(data.cache_dir).is_dir():
+        data = dataclasses.replace(data, cache_dir=cfg.data.cache_dir)
+    return dataclasses.replace(saved, data=data, device=cfg.device, num_threads=cfg.num_threads,
+                               deterministic=cfg.deterministic, export=cfg.export, wandb=cfg.wandb)
+
+
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) rows for the README's config reference."""
     rows = []

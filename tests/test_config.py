@@ -164,3 +164,18 @@ def test_readme_documents_every_config_key():
     readme = (REPO / "README.md").read_text()
     missing = [key for key, _, _ in describe() if f"`{key}`" not in readme]
     assert not missing, f"README's configuration reference lacks {missing}"
+
+
+def test_a_saved_config_runs_on_this_machine_with_its_own_recipe(tmp_path: Path) -> None:
+    from nachos.config import config_to_dict, saved_config_here
+
+    run = load_config(CIFAR, ["train.epochs=48", "seed=3", "device=cuda", "num_threads=8",
+                              "data.cache_dir=/elsewhere/cache"], device_type="cuda")
+    stored = config_to_dict(run)
+    stored["profiles"] = {"cpu": {"train.epochs": 7}}  # saved before save_config emptied the profiles
+    here = load_config(CIFAR, ["device=cpu", "num_threads=1", f"data.cache_dir={tmp_path}", "export.onnx=false"],
+                       device_type="cpu")
+    got = saved_config_here(stored, here)
+    assert (got.train.epochs, got.seed, got.space, got.profiles) == (48, 3, run.space, {})  # the run's recipe
+    assert (got.device, got.num_threads, got.export.onnx) == ("cpu", 1, False)  # the machine is this one
+    assert got.data.cache_dir == str(tmp_path)  # this machine's cache: the saved one does not exist here

@@ -631,3 +631,14 @@ def test_eval_supernet_scores_the_largest_and_smallest_on_the_test_split(exporte
         # the second loads without a shape error: only the settings check can refuse it
         with pytest.raises(RunError, match="does not fit this config's exit heads .*trained with .*'max_map': 8"):
             evaluate_supernet(_cfg(cfg.out_dir, override), TINY)
+
+
+def test_an_export_whose_recorded_config_does_not_load_is_refused(tmp_path: Path) -> None:
+    from eval.evaluate import source_config
+
+    cfg = _cfg(tmp_path)
+    recorded = config_to_dict(cfg)
+    assert source_config({"config": recorded}, cfg).seed == cfg.seed
+    recorded["train"]["no_such_key"] = 1  # written by another version of nachos
+    with pytest.raises(RunError, match="recorded config does not load here .*no_such_key.*export it again"):
+        source_config({"config": recorded}, cfg)  # not the given config: its split may differ
