@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # Re-runs only when the package metadata changes, so a second `make install` takes seconds.
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)  # none, or a broken one
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)

@@ -45,6 +45,13 @@ def archive_run(cfg: Config, run_dir: Path, dest: Path) -> list[Path]:
     for rel in files:
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / rel, staging / rel)
+    # say what goes: a run folder that lost files (a fresh machine) would otherwise empty its archive
+    # without a word (git still has them)
+    dropped = sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file()) if dest.is_dir() else []
+    dropped = [rel for rel in dropped if rel not in set(files)]
+    if dropped:
+        print(f"{dest}: dropped {len(dropped)} archived file(s) that {run_dir} no longer has: "
+              + ", ".join(str(rel) for rel in dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
     # swap in whole, so an interrupted archive leaves the previous one intact
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)

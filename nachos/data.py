@@ -83,10 +83,6 @@ class Splits:
     def in_channels(self) -> int:
         return int(self.train_x.shape[1])
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.train_x.shape[2]), int(self.train_x.shape[3])
-
 
 @dataclass(frozen=True)
 class Source:

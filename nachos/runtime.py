@@ -24,8 +24,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise RunError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"device={name!r}: nachos runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"device={name!r} asked for, but no CUDA GPU is visible; use device=auto or device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RunError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                       "use cuda:0 up to one below that, or device=auto")
     return device
 
 
@@ -50,12 +55,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     # cuDNN autotuning stays off: it pays only for shapes met again, and the supernet and the search
     # meet a new layer shape at nearly every step (each sampled subnet slices other widths and kernels).
     torch.backends.cudnn.benchmark = False
-
-
-def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
 
 
 def ensure_dir(path: str | Path) -> Path:

@@ -23,10 +23,20 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+def wandb_run_id(run_dir: Path, job_type: str, resume: bool) -> str:
+    """The W&B run id of a job in ``run_dir``: the one it had when it ``resume``s, so the W&B run goes
+    on; a new one when it starts again (W&B would drop the new run's steps below the old run's last)."""
+    id_file = run_dir / f".wandb-{job_type}-id"
+    run_id = id_file.read_text().strip() if resume and id_file.exists() else uuid.uuid4().hex[:8]
+    id_file.write_text(run_id)
+    return run_id
+
+
 class Tracker:
     """Logs metrics, tables and images; every method is a no-op when disabled."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, job_type: str, enabled: bool = True) -> None:
+    def __init__(self, cfg: Config, run_dir: str | Path, job_type: str, enabled: bool = True,
+                 resume: bool = True) -> None:
         self.mode = resolve_mode(cfg.wandb.mode) if enabled else "disabled"
         self.run = None
         if self.mode == "disabled":
@@ -35,15 +45,11 @@ class Tracker:
 
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        # A stable id per (run folder, job) lets a resumed job continue the same W&B run.
-        id_file = run_dir / f".wandb-{job_type}-id"
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
-        id_file.write_text(run_id)
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(
             project=cfg.wandb.project, entity=cfg.wandb.entity or None, name=f"{cfg.name}-{job_type}",
             group=cfg.name, job_type=job_type, config=config_to_dict(cfg), dir=str(run_dir),
-            mode=self.mode, id=run_id, resume="allow",
+            mode=self.mode, id=wandb_run_id(run_dir, job_type, resume), resume="allow",
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
 

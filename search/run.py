@@ -232,7 +232,7 @@ def run_search(cfg: Config, resume: bool = False, *, backend: Backend | None = N
     if backend is None:
         from search.backend import SupernetBackend
         backend = SupernetBackend(cfg, config_path)
-    tracker = Tracker(cfg, cfg.run_dir, "search", enabled=track)
+    tracker = Tracker(cfg, cfg.run_dir, "search", enabled=track, resume=resume)
     try:
         return Runner(cfg, backend, resume, tracker).run()
     finally:

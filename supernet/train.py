@@ -565,7 +565,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
         save_config(cfg, run_dir / "config.yaml")
 
     val_subnets = validation_subnets(space, cfg.seed, accept)
-    tracker = Tracker(cfg, run_dir, "supernet", enabled=ddp.main)
+    tracker = Tracker(cfg, run_dir, "supernet", enabled=ddp.main, resume=resume)
     stop = StopRequest().install()
     arch_digest = hashlib.sha1()
     metrics: dict[str, Any] = {}

@@ -974,6 +974,12 @@ def test_report_regenerates_from_the_archive_alone(run_folder, tmp_path: Path, c
     into_runs = dataclasses.replace(export, archive_dir=str(cfg.out_dir))
     with pytest.raises(RunError, match="archive_dir"):  # would replace the run folders by their archives
         archive_command(dataclasses.replace(cfg, export=into_runs), None)
+    capsys.readouterr()
+    (archive / cfg.name / "export" / "gone").mkdir()
+    (archive / cfg.name / "export" / "gone" / "eval.json").write_text("{}")  # the run folder lost it
+    archive_command(dataclasses.replace(cfg, export=export), None)
+    assert "dropped 1 archived file(s)" in capsys.readouterr().out
+    assert not (archive / cfg.name / "export" / "gone").exists()
 
 
 def test_default_archive_dir_is_kept_by_git() -> None:

@@ -112,6 +112,16 @@ def test_resolve_device():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(RunError, match="not a device"):
         resolve_device("gpu0")
+    with pytest.raises(RunError, match="runs on cpu or cuda"):
+        resolve_device("meta")
+
+
+def test_a_gpu_index_beyond_the_machine_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(RunError, match="has 2 CUDA GPU"):
+        resolve_device("cuda:2")
 
 
 def test_channels_last_applies_on_cpu_only():
@@ -145,6 +155,16 @@ def test_offline_wandb_run_holds_logged_metrics(tmp_path):
     rows = read_offline_history(path, wait_s=30)
     assert [r["train/loss"] for r in rows] == pytest.approx([1.0, 0.5, 1 / 3])
     assert [r["val/largest/exit_0"] for r in rows] == pytest.approx([0.0, 0.25, 0.5])
+
+
+def test_a_job_started_again_gets_a_new_wandb_run_and_a_resumed_one_its_own(tmp_path):
+    from nachos.tracking import wandb_run_id
+
+    first = wandb_run_id(tmp_path, "supernet", resume=False)
+    assert wandb_run_id(tmp_path, "supernet", resume=True) == first
+    again = wandb_run_id(tmp_path, "supernet", resume=False)
+    assert again != first and wandb_run_id(tmp_path, "supernet", resume=True) == again
+    assert wandb_run_id(tmp_path, "search", resume=True) != again  # one run per job
 
 
 def test_disabled_tracker_writes_nothing(tmp_path):
