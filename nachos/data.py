@@ -74,6 +74,10 @@ class Splits:
     cache_path: Path | None = None
     train_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64), repr=False)
     val_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64), repr=False)
+    # the images held out of training, hashed before data.val_subset thins them: a search checks that
+    # a supernet held out these very images (the split's settings alone do not fix them: an image
+    # added to or removed from a folder source moves every later one), while it may score on fewer
+    held_out_digest: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -82,6 +86,14 @@ class Splits:
     @property
     def in_channels(self) -> int:
         return int(self.train_x.shape[1])
+
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -466,17 +478,19 @@ def balanced_pick(labels: torch.Tensor, n: int, num_classes: int, gen: torch.Gen
 
 def split_indices(labels: torch.Tensor, num_classes: int, val_fraction: float, seed: int,
                   train_subset: int = 0, val_subset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) positions into the source's train part: disjoint, class-balanced, seeded."""
+    """(train, val, held out) positions into the source's train part: train and val disjoint,
+    class-balanced, seeded; held out = val before ``val_subset`` thins it (all that train lacks
+    but ``train_subset``'s thinning)."""
     n_val = round(val_fraction * len(labels))
-    val = balanced_pick(labels, n_val, num_classes, derived_generator(seed, "val"))
+    held_out = balanced_pick(labels, n_val, num_classes, derived_generator(seed, "val"))
     keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[val] = False
-    train = keep.nonzero().squeeze(1)
+    keep[held_out] = False
+    train, val = keep.nonzero().squeeze(1), held_out
     if train_subset and train_subset < len(train):
         train = train[balanced_pick(labels[train], train_subset, num_classes, derived_generator(seed, "train_subset"))]
     if val_subset and val_subset < len(val):
         val = val[balanced_pick(labels[val], val_subset, num_classes, derived_generator(seed, "val_subset"))]
-    return train, val
+    return train, val, held_out
 
 
 def check_space(cfg: Config, data: Dataset | Splits) -> None:
@@ -498,14 +512,15 @@ def load_splits(cfg: Config, check: bool = True) -> Splits:
     data = load_dataset(cfg)
     if check:
         check_space(cfg, data)
-    train, val = split_indices(data.train_y, len(data.classes), cfg.data.val_fraction, cfg.seed,
-                               cfg.data.train_subset, cfg.data.val_subset)
+    train, val, held_out = split_indices(data.train_y, len(data.classes), cfg.data.val_fraction, cfg.seed,
+                                         cfg.data.train_subset, cfg.data.val_subset)
     return Splits(
         train_x=data.train_x[train], train_y=data.train_y[train],
         val_x=data.train_x[val], val_y=data.train_y[val],
         test_x=data.test_x.clone(), test_y=data.test_y.clone(),  # clone: no tensor outlives the mmap
         classes=list(data.classes), mean=data.mean, std=data.std, cache_path=data.cache_path,
         train_index=train, val_index=val,
+        held_out_digest=tensor_digest(data.train_x[held_out], data.train_y[held_out]),
     )
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from nachos.config import Config, saved_differences
-from nachos.data import calibration_batches, load_splits, make_loader
+from nachos.data import calibration_batches, load_splits, make_loader, tensor_digest
 from nachos.runtime import RunError, resolve_device
-from search.cache import CacheStore, Timer, bytes_digest, compute_cache, fingerprint, tensor_digest
+from search.cache import CacheStore, Timer, bytes_digest, compute_cache, fingerprint
 from search.scoring import BackboneCache
 from supernet.space import Arch, SearchSpace
 from supernet.static import HeadSettings
@@ -134,10 +134,17 @@ class SupernetBackend:
         self.device = resolve_device(cfg.device)
         self.criterion = cfg.exits.criterion
         self.model = self._build_model(ckpt, config_path)
+        held_out = ckpt.get("held_out_digest")  # checkpoints before it lack it: the split keys were checked
         del ckpt
         self.timer = Timer()
         self._splits: Any = None
         self._calib: list[torch.Tensor] | None = None
+        if held_out is not None and held_out != self.splits.held_out_digest:
+            raise RunError(f"the validation images drawn here are not those {self.ckpt_path} held out, though "
+                           "the split's settings match: the data changed (images added or removed, another "
+                           "data.root); its scores would count images the "
+                           "supernet trained on. Search with the data it was trained on, or train a supernet on "
+                           f"this data: {fix_supernet(cfg, config_path)}")
         self.store = CacheStore(cache_dir or cfg.run_dir / "search" / "cache", self._fingerprint())
         self.costs = load_cost_table(cfg, self.space, "macs", config_path)
         self.latency_table = (load_cost_table(cfg, self.space, "latency", config_path)

@@ -39,13 +39,6 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:20]
 
 
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
 def read_cache(folder: Path, arch: Arch, fp: str | None = None) -> BackboneCache | None:
     """``arch``'s cache file in ``folder``, or None when it is missing, damaged, of another arch or
     (given ``fp``) of another fingerprint. Readers after the search (reports, baselines) pass no

@@ -401,10 +401,13 @@ def validate(model: nn.Module, space: SearchSpace, subnets: dict[str, Arch], cal
 
 # ----------------------------------------------------------------------------- checkpoints
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any, step: int,
-                     epoch: int, best: float, cfg: Config, space: SearchSpace, rng: dict | None = None) -> dict:
+                     epoch: int, best: float, cfg: Config, space: SearchSpace, held_out_digest: str,
+                     rng: dict | None = None) -> dict:
+    """Everything a resume needs, plus what the search checks: the space and the held-out images."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "loader": loader.state_dict(), "rng": rng if rng is not None else rng_state(), "step": step,
-            "epoch": epoch, "best": best, "config": config_to_dict(cfg), "space_hash": space.space_hash()}
+            "epoch": epoch, "best": best, "config": config_to_dict(cfg), "space_hash": space.space_hash(),
+            "held_out_digest": held_out_digest}
 
 
 # What a resume must keep: these sections decide what the supernet learns, on which images, on what schedule (the
@@ -573,7 +576,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     def save(path: Path, rng: dict | None = None, epoch: int | None = None) -> None:
         if ddp.main:
             state = checkpoint_state(model, optimizer, scheduler, loader, step,
-                                     start_epoch if epoch is None else epoch, best, cfg, space, rng)
+                                     start_epoch if epoch is None else epoch, best, cfg, space, splits.held_out_digest, rng)
             state["seconds"] = seconds_before + time.perf_counter() - t_start
             atomic_torch_save(state, path)
 

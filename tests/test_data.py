@@ -104,11 +104,14 @@ def test_subsets_are_class_balanced_and_keep_val_fixed(cifar_splits):
     assert torch.bincount(s.val_y).tolist() == [20] * 10
     assert set(s.val_index.tolist()) <= set(cifar_splits.val_index.tolist())
     assert not set(s.train_index.tolist()) & set(cifar_splits.val_index.tolist())
+    # what a search checks against its supernet: the held-out images, whichever subsets thin the sides
+    assert s.held_out_digest == cifar_splits.held_out_digest
+    assert load_splits(make_cfg(seed=1)).held_out_digest != cifar_splits.held_out_digest
 
 
 def test_split_indices_stratify_imbalanced_labels():
     labels = torch.tensor([0] * 80 + [1] * 20)
-    train, val = split_indices(labels, 2, 0.1, seed=3)
+    train, val, _ = split_indices(labels, 2, 0.1, seed=3)
     assert torch.bincount(labels[val]).tolist() == [8, 2]
     assert len(train) == 90 and not set(train.tolist()) & set(val.tolist())
 

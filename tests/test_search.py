@@ -577,6 +577,25 @@ def test_incompatible_checkpoint_or_table_names_the_fix(tiny_run, tmp_path: Path
     SupernetBackend(thinner, TINY)  # subsets of the two sides stay disjoint: allowed
 
 
+def test_a_supernet_that_held_out_other_images_is_refused(tiny_run, tmp_path: Path) -> None:
+    from nachos.data import load_splits
+    from nachos.runtime import atomic_torch_save
+    from search.backend import SupernetBackend
+
+    cfg, _, _ = tiny_run
+    ckpt = torch.load(cfg.run_dir / "best.pt", map_location="cpu", weights_only=False)
+    copy = load_config(TINY, [f"out_dir={tmp_path}", "wandb.mode=disabled", "data.val_subset=100",
+                              "data.train_subset=256"], device_type="cpu")
+    copy.run_dir.mkdir(parents=True)
+    (copy.run_dir / "macs.json").symlink_to(cfg.run_dir / "macs.json")
+    # same seed and val_fraction, but the data changed under it (images added to a folder source)
+    atomic_torch_save(dict(ckpt, held_out_digest="another-folder"), copy.run_dir / "best.pt")
+    with pytest.raises(RunError, match="not those .*best.pt held out, though the split's settings match"):
+        SupernetBackend(copy, TINY)
+    atomic_torch_save(dict(ckpt, held_out_digest=load_splits(cfg).held_out_digest), copy.run_dir / "best.pt")
+    SupernetBackend(copy, TINY)  # the same held-out images, thinner subsets: allowed
+
+
 def test_wandb_offline_logs_hypervolume_and_front(tmp_path: Path) -> None:
     from nachos.tracking import read_offline_history
 

@@ -14,6 +14,7 @@ import torch
 
 import supernet.train as train
 from nachos.config import Config, load_config
+from nachos.data import load_splits
 from nachos.runtime import RunError
 from nachos.tracking import read_offline_history
 from supernet.space import SearchSpace
@@ -66,6 +67,7 @@ def test_two_epochs_learn_and_log_to_wandb(straight: tuple[Config, dict]) -> Non
     assert ckpt["epoch"] == 2 and ckpt["step"] == 20
     assert ckpt["space_hash"] == SearchSpace(cfg.space).space_hash()
     assert {"model", "optimizer", "scheduler", "loader", "rng", "config"} <= set(ckpt)
+    assert ckpt["held_out_digest"] == load_splits(cfg).held_out_digest  # what the search checks it against
     # the cost report reads the training wall time and device from here
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["device"] == "cpu" and 0 < metrics["seconds"] <= ckpt["seconds"] + 5
