@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from eval.across_runs import comparison_lines, ranking_lines, repeat_lines
-from eval.analysis import (GOAL_MAX_LOSS, Goal, algorithm_ablation, baseline_comparison, evaluated, exit_ablation_test,
-                           exit_ablation_val, goal_accuracy, goal_baselines, goal_savings, rank_correlation,
-                           rival_problem, threshold_ablation)
+from eval.analysis import (GOAL_MAX_LOSS, Goal, algorithm_ablation, baseline_comparison, best_een_within, evaluated,
+                           exit_ablation_test, exit_ablation_val, goal_accuracy, goal_baselines, goal_savings,
+                           rank_correlation, rival_problem, threshold_ablation)
 from eval.formatting import duration, mmacs, n_of, pct, points, table
 from eval.plots import TRAINING_LABEL, plot_run
 from eval.run_folder import (Export, RunData, copied_from, from_scratch, load_run, pinned_overrides, read_json,
@@ -270,6 +270,7 @@ def baseline_lines(run: RunData) -> list[str]:
                          duration(b.get("train_seconds")), b.get("device", "?"), een])
         lines += table(["baseline", "kind", "network", "epochs", "test acc", "val acc", "MACs", "params",
                         "train time", "device", "best EEN at <= its MACs (test)"], rows)
+        lines += per_een_lines(run)
     else:
         lines.append("Static baselines: not run (`nachos baseline`).")
     if run.dataset == "cifar10":
@@ -278,6 +279,26 @@ def baseline_lines(run: RunData) -> list[str]:
         lines += table(["method", "test acc", "expected MACs"],
                        [[label, pct(acc), mmacs(macs)] for label, acc, macs in PUBLISHED_CIFAR10])
     return lines
+
+
+def per_een_lines(run: RunData) -> list[str]:
+    """With several EENs, each against each static rival: the column above names only the best, and
+    hides whether, say, a searched backbone's EEN beats the statics of its own MACs."""
+    eens, rivals = evaluated(run), [c["baseline"] for c in baseline_comparison(run) if c["rival"]]
+    if len(eens) < 2 or not rivals:
+        return []
+    rows = []
+    for b in rivals:
+        row = [f"{b['tag']}: {pct(b['test_accuracy'])} @ {mmacs(b['macs'])}"]
+        for e in eens:
+            best = best_een_within([e], b["macs"])
+            row.append("none at or below" if best is None else
+                       f"{pct(best[1]['accuracy'])} @ {mmacs(best[1]['expected_macs'])} "
+                       f"({points(best[1]['accuracy'] - b['test_accuracy'])})")
+        rows.append(row)
+    return ["", "Each EEN against each static rival (test accuracy at the point validation picks within the "
+                "rival's MACs, as above; the difference in points):", ""] + table(
+        ["static rival"] + [e.id for e in eens], rows)
 
 
 def cost_lines(run: RunData) -> list[str]:

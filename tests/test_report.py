@@ -477,6 +477,30 @@ def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_fo
     assert "thresholds [0.3]" in g.detail
 
 
+def test_each_een_meets_each_static_rival_in_its_own_column(run_folder) -> None:
+    from eval.report import per_een_lines
+    from eval.run_folder import load_run
+
+    cfg, _, exports, _, _, _ = run_folder
+    run = load_run(cfg, cfg.run_dir)
+    hand = next(b for b in run.baselines if b["tag"] == "hand")
+    first, second = (next(x for x in run.exports if x.id == eid) for eid in exports[:2])
+    first.eval["tradeoff"] = [{"thresholds": [0.3], "val": {"accuracy": 0.99},
+                               "test": {"accuracy": 0.9050, "expected_macs": 0.9 * hand["macs"]}}]
+    run.baselines.append(dict(hand, tag="tiny-static", macs=1.0))  # below every EEN's MACs
+    lines = per_een_lines(run)
+    header = next(line for line in lines if line.startswith("| static rival"))
+    columns = header.rstrip(" |").split(" | ")[1:]
+    assert sorted(columns) == sorted([first.id, second.id])
+    row = dict(zip(columns, next(line for line in lines if line.startswith("| hand:")).rstrip(" |").split(" | ")[1:]))
+    assert row[first.id].startswith("90.50% @") and row[first.id].endswith("(+0.50 points)")
+    # the second EEN's own best point, not the first's: the best-EEN column above hides it
+    assert row[second.id].startswith(f"{100 * second.eval['accuracy']:.2f}% @")
+    assert next(line for line in lines if line.startswith("| tiny-static:")).count("none at or below") == 2
+    run.exports = [first]
+    assert per_een_lines(run) == []  # one EEN: the best-EEN column says it all
+
+
 def test_markers_keep_prose_and_missing_runs_say_not_run(run_folder) -> None:
     cfg, _, _, path, _, _ = run_folder
     text = path.read_text()
