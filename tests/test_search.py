@@ -364,6 +364,32 @@ def test_infeasible_constraints_give_a_clear_message(tmp_path: Path) -> None:
     assert (res.search_dir / "candidates.jsonl").stat().st_size > 0
 
 
+def test_infeasible_explanations_name_the_binding_constraint() -> None:
+    from search.front import explain_infeasible
+
+    def recs(cons: Constraints, *points: tuple[float, float, float, int]) -> list[dict]:
+        out = [{"accuracy": a, "expected_macs": e, "peak_macs": p, "params": n} for a, e, p, n in points]
+        return [dict(r, violations=cons.violations(r)) for r in out]
+
+    peak = Constraints(min_accuracy=0.5, max_peak_macs=1e6)
+    assert explain_infeasible(recs(peak, (0.9, 1e6, 3e6, 1), (0.7, 1e6, 1.5e6, 1), (0.8, 1e6, 1.5e6, 1)), peak) == (
+        "no candidate reached max_peak_macs=1e+06; the lowest peak_macs was 1.5M MACs (accuracy 0.8)")
+    params = Constraints(max_expected_macs=1e6, max_params=5e5)
+    assert explain_infeasible(recs(params, (0.9, 1e5, 1e6, 8e5), (0.7, 1e5, 1e6, 6e5)), params) == (
+        "no candidate reached max_params=5e+05; the lowest params was 0.6M params (accuracy 0.7)")
+    # each limit met by some candidate, never all by one: the accuracy the cost limits leave, and the
+    # cost that the accuracy floor needs
+    both = Constraints(min_accuracy=0.6, max_expected_macs=1e6)
+    points = (0.7, 3e6, 4e6, 1), (0.65, 2e6, 4e6, 1), (0.5, 8e5, 4e6, 1), (0.55, 9e5, 4e6, 1), (0.4, 1e5, 4e6, 1)
+    assert explain_infeasible(recs(both, *points), both) == (
+        "no candidate satisfied accuracy >= 0.6, expected MACs <= 1 M together: within the cost limits the best "
+        "accuracy was 0.55 (at 0.9M MACs), below min_accuracy=0.6; reaching it took at least 2M expected MACs")
+    # no accuracy floor (or no candidate within every cost limit): only the limits can be named
+    costs = Constraints(max_expected_macs=1e6, max_peak_macs=2e6)
+    assert explain_infeasible(recs(costs, (0.9, 5e5, 3e6, 1), (0.9, 3e6, 1e6, 1)), costs) == (
+        "no candidate satisfied expected MACs <= 1 M, peak MACs <= 2 M together")
+
+
 def test_cost_infeasible_backbones_are_never_run(tmp_path: Path) -> None:
     cfg = fake_cfg(tmp_path, "search.max_expected_macs=2e4", "search.min_accuracy=0.0", "search.generations=2")
     backend = FakeBackend(SearchSpace.from_config(cfg.space))
@@ -372,12 +398,108 @@ def test_cost_infeasible_backbones_are_never_run(tmp_path: Path) -> None:
     assert "max_expected_macs" in res.message
 
 
+@pytest.mark.parametrize("limit", ["max_expected_macs", "max_peak_macs", "max_params"])
+def test_cost_infeasible_is_exactly_what_no_exit_set_can_meet(tmp_path: Path, limit: str) -> None:
+    import dataclasses
+
+    from search.evaluate import CandidateEvaluator
+
+    cfg = fake_cfg(tmp_path)
+    space = SearchSpace.from_config(cfg.space)
+    backend, codec = FakeBackend(space), GenomeCodec(space, cfg.search.threshold_steps)
+    rng = np.random.default_rng(0)
+    archs = list({a.key(): a for a in [space.smallest(), space.largest()]
+                  + [codec.random_arch(rng) for _ in range(40)]}.values())
+
+    def every_exit_set(arch: Arch) -> list[tuple[int, ...]]:
+        avail = space.available_exits(arch)
+        return [e for k in range(len(avail) + 1) for e in itertools.combinations(avail, k)]
+
+    # per exit set, what no thresholds can go below: every sample leaving at its cheapest exit (the expected
+    # cost is a mix of the cumulative costs), the whole network's cost, its parameters
+    def lowest(arch: Arch, exits: tuple[int, ...]) -> float:
+        macs = backend.exit_macs(arch, exits)
+        return {"max_expected_macs": macs.min(), "max_peak_macs": macs[-1],
+                "max_params": backend.params(arch, exits)}[limit]
+
+    bounds = {a.key(): [lowest(a, e) for e in every_exit_set(a)] for a in archs}
+    cap = float(np.median([min(b) for b in bounds.values()]))
+    off = dict.fromkeys(["min_accuracy", "max_expected_macs", "max_peak_macs", "max_params"], 0.0)
+    search = dataclasses.replace(cfg.search, **dict(off, **{limit: cap}))
+    ev = CandidateEvaluator(codec, backend, search, "softmax")
+    infeasible = [ev.cost_infeasible(a) for a in archs]
+    assert 0 < sum(infeasible) < len(archs)
+    grid = threshold_grid(search.threshold_min, search.threshold_max, search.threshold_steps)
+    for a, out in zip(archs, infeasible):
+        assert out == (min(bounds[a.key()]) > cap), (a.key(), min(bounds[a.key()]), cap)
+        if out:  # and the scorer agrees at the most eager thresholds, the cheapest each exit set runs
+            for e in every_exit_set(a):
+                macs = backend.exit_macs(a, e)
+                _, _, cost = score_direct(backend.prediction_cache(a), e, grid[[0] * len(e)], "softmax", macs)
+                rec = {"accuracy": 1.0, "expected_macs": cost, "peak_macs": macs[-1],
+                       "params": backend.params(a, e)}
+                assert not ev.constraints.satisfied(rec), (a.key(), e)
+
+
 def test_more_initial_backbones_than_the_budget_keep_the_population_full(tmp_path: Path) -> None:
     cfg = fake_cfg(tmp_path, "search.max_backbones=2", "search.init_backbones=8", "search.generations=1")
     res = fake_search(cfg)
     history = json.loads((res.search_dir / "history.json").read_text())
     assert history["nsga2"]["generations"][0]["n_eval"] == cfg.search.population
     assert res.backbones <= 2
+
+
+def test_hypervolume_is_the_area_dominated_up_to_the_reference() -> None:
+    from search.front import HvReference, hypervolume
+
+    ref = HvReference(error=0.5, cost=1e6)
+
+    def rec(acc: float, macs: float, feasible: bool = True) -> dict:
+        return {"accuracy": acc, "expected_macs": macs, "feasible": feasible}
+
+    a = rec(0.8, 2.5e5)  # normalised (0.4, 0.25): a 0.6 x 0.75 rectangle
+    assert hypervolume([a], ref, "expected_macs") == pytest.approx(0.45)
+    b = rec(0.9, 5e5)  # (0.2, 0.5): adds the 0.2 x 0.5 strip a does not dominate
+    assert hypervolume([a, b], ref, "expected_macs") == pytest.approx(0.55)
+    # inadmissible records, and ones beyond the reference point, add nothing
+    others = [rec(0.99, 1e5, feasible=False), rec(0.95, 1.5e6), rec(0.4, 1e5)]
+    assert hypervolume([a, b] + others, ref, "expected_macs") == pytest.approx(0.55)
+    assert hypervolume(others, ref, "expected_macs") == 0.0
+
+
+@pytest.mark.parametrize("limits", [(), ("search.min_accuracy=0", "search.max_expected_macs=0")])
+def test_search_hypervolume_is_referred_to_the_constraints(tmp_path: Path, limits: tuple[str, ...]) -> None:
+    cfg = fake_cfg(tmp_path, "search.generations=2", *limits)
+    backend = FakeBackend(SearchSpace.from_config(cfg.space))
+    res = run_search(cfg, backend=backend, track=False)
+    payload = json.loads((res.search_dir / "pareto.json").read_text())
+    s, largest = cfg.search, backend.space.largest()
+    # without limits: every error counts, and the dearest network's cost (all exits attached)
+    err = 1 - s.min_accuracy if s.min_accuracy > 0 else 1.0
+    cost = s.max_expected_macs or backend.exit_macs(largest, tuple(backend.space.available_exits(largest)))[-1]
+    assert payload["reference_point"] == {"error": pytest.approx(err), "cost": pytest.approx(cost)}
+    # the staircase under the front (sorted by cost, so by rising accuracy), in reference units
+    assert len(res.front) >= 2
+    e = [(1 - r["accuracy"]) / err for r in res.front]
+    c = [r["expected_macs"] / cost for r in res.front] + [1.0]
+    area = sum((1 - e[i]) * (c[i + 1] - c[i]) for i in range(len(e)))
+    assert res.hypervolume == pytest.approx(area, rel=1e-9) and payload["hypervolume"] == res.hypervolume
+    assert 0 < area < 1
+
+
+@pytest.mark.parametrize("algorithm", ["random", "nsga2"])  # alone, and as NSGA-II's baseline
+def test_random_search_keeps_to_the_backbone_budget(tmp_path: Path, algorithm: str) -> None:
+    from search.report import read_candidates
+
+    cfg = fake_cfg(tmp_path, f"search.algorithm={algorithm}", "search.random_baseline=true", "search.max_backbones=3",
+                   "search.generations=3")
+    backend = FakeBackend(SearchSpace.from_config(cfg.space))
+    res = run_search(cfg, backend=backend, track=False)
+    recs = [r for r in read_candidates(res.search_dir / "candidates.jsonl") if r["algorithm"] == "random"]
+    assert len(recs) >= 40  # uniform draws: nearly all on distinct archs, were the budget not enforced
+    # archs that no exit set can bring within the cost limits are never run, and take no slot
+    assert len({r["arch_key"] for r in recs if r["scored"]}) == 3
+    assert len(set(backend.computed)) <= (3 if algorithm == "random" else 6)
 
 
 def test_damaged_cache_file_is_recomputed(tmp_path: Path) -> None:
@@ -408,6 +530,56 @@ def test_diverged_supernet_is_refused_by_checkpoint(tmp_path: Path) -> None:
     ckpt = tmp_path / "best.pt"
     with pytest.raises(RunError, match=rf"{re.escape(str(ckpt))} .*non-finite logits.*retrain.*search\.checkpoint"):
         compute_cache(model, space.smallest(), [x], [(x, y)], "softmax", ckpt)
+
+
+@pytest.mark.parametrize("criterion, head", [("softmax", "light"), ("entropy", "light"), ("learned", "light"),
+                                             ("learned", "nachos")])
+def test_score_cache_rows_match_the_extracted_network(criterion: str, head: str) -> None:
+    from exits.policies import class_logits, decide_exits, exit_confidence, exit_scores
+    from search.cache import compute_cache
+    from supernet.network import create_supernet
+
+    cfg = load_config(TINY, [f"exits.criterion={criterion}", f"exits.head={head}"], device_type="cpu")
+    space = SearchSpace.from_config(cfg.space)
+    torch.manual_seed(0)
+    model = create_supernet(cfg)
+    # untrained heads give near-uniform outputs: spread them, so that thresholds split the samples
+    for m in model.heads.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=1.0)
+    torch.nn.init.normal_(model.final.classifier.weight, std=1.0)
+    with torch.no_grad():  # the last class must win somewhere: it is the column a learned head adds
+        model.final.classifier.bias[-1] = 2.0
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(32, 3, 32, 32, generator=gen)]
+    val = [(torch.randn(100, 3, 32, 32, generator=gen), torch.randint(0, 10, (100,), generator=gen))
+           for _ in range(2)]
+    arch = space.largest()
+    exits = tuple(space.available_exits(arch))
+    assert len(exits) >= 2
+    cache = compute_cache(model, arch, calib, val, criterion)
+    net = model.extract(arch, list(exits)).eval()
+    with torch.no_grad():
+        outs = [torch.cat(o) for o in zip(*(net(x) for x, _ in val))]
+    # the final classifier has no confidence column: all its logits are classes, scored by softmax
+    crits = [criterion] * len(exits) + ["softmax" if criterion == "learned" else criterion]
+    assert outs[-1].shape[-1] == 10 and (outs[-1].argmax(-1) == 9).any()
+    for row, o, crit in zip(exits + (cache.num_positions,), outs, crits):
+        np.testing.assert_array_equal(cache.pred[row], class_logits(o, crit).argmax(-1).numpy())
+        np.testing.assert_allclose(cache.conf[row], exit_confidence(o, crit).numpy(), atol=1e-5)
+    # the decisions scored from the cache are the network's (cumulative scores when learned)
+    y = torch.cat([y for _, y in val])
+    conf = torch.stack([exit_confidence(o, criterion) for o in outs[:-1]])
+    preds = torch.stack([class_logits(o, c).argmax(-1) for o, c in zip(outs, crits)])
+    # thresholds between observed scores (no ties that rounding could flip)
+    scores = exit_scores(conf, criterion)
+    for q in (0.3, 0.7):
+        t = torch.quantile(scores.double(), q, dim=1)
+        taken = decide_exits(conf, t, criterion)
+        acc, counts, _ = score_direct(cache, exits, t.numpy(), criterion, np.ones(len(exits) + 1))
+        assert counts[0] > 0 and counts[-1] > 0
+        np.testing.assert_array_equal(counts, torch.bincount(taken, minlength=len(exits) + 1).numpy())
+        assert acc == int((preds[taken, torch.arange(len(y))] == y).sum()) / len(y)
 
 
 def test_missing_checkpoint_names_the_fix(tmp_path: Path) -> None:
@@ -594,6 +766,50 @@ def test_a_supernet_that_held_out_other_images_is_refused(tiny_run, tmp_path: Pa
         SupernetBackend(copy, TINY)
     atomic_torch_save(dict(ckpt, held_out_digest=load_splits(cfg).held_out_digest), copy.run_dir / "best.pt")
     SupernetBackend(copy, TINY)  # the same held-out images, thinner subsets: allowed
+
+
+@pytest.mark.slow
+def test_search_never_reads_the_test_split(tiny_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import shutil
+
+    import nachos.data
+    import search.backend
+    from search.backend import SupernetBackend
+    from search.report import read_candidates
+
+    cfg, first, res = tiny_run
+    load, touched = nachos.data.load_splits, []
+
+    class WithoutTest:  # the splits with the test images out of reach: a read is recorded and refused
+        def __init__(self, splits) -> None:
+            self._splits = splits
+
+        def __getattr__(self, name: str):
+            if name.startswith("test_"):
+                touched.append(name)
+                raise AssertionError(f"the search read splits.{name}")
+            return getattr(self._splits, name)
+
+    for module in (nachos.data, search.backend):
+        monkeypatch.setattr(module, "load_splits", lambda *a, **k: WithoutTest(load(*a, **k)))
+    copy = dataclasses.replace(cfg, out_dir=str(tmp_path))
+    copy.run_dir.mkdir(parents=True)
+    shutil.copy(cfg.run_dir / "best.pt", copy.run_dir / "best.pt")
+    (copy.run_dir / "macs.json").symlink_to(cfg.run_dir / "macs.json")
+    backend = SupernetBackend(copy)
+    again = run_search(copy, backend=backend, track=False)
+    assert isinstance(backend.splits, WithoutTest) and backend.timer.seconds  # scored here, on these splits
+    assert touched == []
+    # the same scores as the search that could see the test split
+    assert backend.scores_id == first.scores_id
+
+    def scores(folder: Path) -> list[tuple]:
+        return [(r["key"], r["accuracy"], r["expected_macs"], r["exit_counts"])
+                for r in read_candidates(folder / "candidates.jsonl")]
+
+    assert scores(again.search_dir) == scores(res.search_dir)
+    assert [r["key"] for r in again.front] == [r["key"] for r in res.front]
 
 
 def test_wandb_offline_logs_hypervolume_and_front(tmp_path: Path) -> None:
