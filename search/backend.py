@@ -142,7 +142,8 @@ class SupernetBackend:
         if held_out is not None and held_out != self.splits.held_out_digest:
             raise RunError(f"the validation images drawn here are not those {self.ckpt_path} held out, though "
                            "the split's settings match: the data changed (images added or removed, another "
-                           "data.root); its scores would count images the "
+                           "data.root, or JPEGs decoded by another Pillow/libjpeg: then use the data cache of "
+                           "the machine that trained it, data.cache_dir); its scores would count images the "
                            "supernet trained on. Search with the data it was trained on, or train a supernet on "
                            f"this data: {fix_supernet(cfg, config_path)}")
         self.store = CacheStore(cache_dir or cfg.run_dir / "search" / "cache", self._fingerprint())
