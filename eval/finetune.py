@@ -166,9 +166,9 @@ def _fingerprint(manifest: dict[str, Any], src: Config, init: str, epochs: int, 
 
 def finished_with(out: Path, fp: str, lr: float, lr_key: str) -> bool:
     """True when ``out`` was fine-tuned with these settings (fingerprint ``fp``); a RunError when it was
-    written with other ones. The name holds the epochs, init,
-    loss weights and teacher but not the rest of the fingerprint (the learning rate, the parent's
-    weights, the recipe), and training on would throw away that checkpoint and replace that export."""
+    written with other ones. The name holds the epochs, init, loss weights and teacher but not the
+    rest of the fingerprint (the learning rate, the parent's weights, the recipe), and training on
+    would replace that export."""
     if (out / MANIFEST).is_file():
         done = read_manifest(out)[1].get("finetune", {})
         if done.get("fingerprint") == fp:

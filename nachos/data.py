@@ -88,7 +88,6 @@ class Splits:
         return int(self.train_x.shape[1])
 
 
-
 def tensor_digest(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -477,7 +476,7 @@ def balanced_pick(labels: torch.Tensor, n: int, num_classes: int, gen: torch.Gen
 
 
 def split_indices(labels: torch.Tensor, num_classes: int, val_fraction: float, seed: int,
-                  train_subset: int = 0, val_subset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  train_subset: int = 0, val_subset: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train, val, held out) positions into the source's train part: train and val disjoint,
     class-balanced, seeded; held out = val before ``val_subset`` thins it (all that train lacks
     but ``train_subset``'s thinning)."""

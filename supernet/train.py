@@ -575,8 +575,8 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
 
     def save(path: Path, rng: dict | None = None, epoch: int | None = None) -> None:
         if ddp.main:
-            state = checkpoint_state(model, optimizer, scheduler, loader, step,
-                                     start_epoch if epoch is None else epoch, best, cfg, space, splits.held_out_digest, rng)
+            state = checkpoint_state(model, optimizer, scheduler, loader, step, start_epoch if epoch is None else epoch,
+                                     best, cfg, space, splits.held_out_digest, rng)
             state["seconds"] = seconds_before + time.perf_counter() - t_start
             atomic_torch_save(state, path)
 
