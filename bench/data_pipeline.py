@@ -86,6 +86,6 @@ def run(args: Any) -> None:
     folder = extract_subset(source.path, per_class)
     ours = tensorloader_rate(splits.train_x, splits.train_y, splits.mean, splits.std, min_seconds)
     theirs = torchvision_rate(folder, splits.mean, splits.std, min_seconds)
-    bench_line("data_pipeline_tensorloader_cpu", ours, "img/s", ">=", 0)
-    bench_line("data_pipeline_torchvision_2workers", theirs, "img/s", ">=", 0)
+    # the two rates are context for the ratio, not goals: a goal of >= 0 could never be missed
+    print(f"data pipeline: tensor loader {ours:.4g} img/s, torchvision with 2 workers {theirs:.4g} img/s", flush=True)
     bench_line("data_pipeline_speedup", ours / theirs, "x", ">=", 10)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 import numpy as np
 
 from eval.analysis import (best_een_within, evaluated, exit_ablation_test, like_for_like, operating_row,
-                           savings_goal_met, static_of)
+                           savings_goal_met, short_of_static)
 from eval.formatting import mean_sd, mmacs, override, pct, points, table
 from eval.run_folder import Export, RunData, copied_from, from_note, from_scratch
 from nachos.config import config_to_dict
@@ -44,8 +45,8 @@ def comparison_lines(runs: list[RunData]) -> list[str]:
     rows = []
     for run in runs:
         sn, sm = run.metrics or {}, run.summary or {}
-        tests = [e.eval for e in evaluated(run)]
-        best_test = max(tests, key=lambda e: e["accuracy"]) if tests else None
+        # picked on validation as everywhere else in the report: the best on test flatters the run
+        best = best_een_within(evaluated(run), math.inf)
         diff = "(reference)" if run is first else (", ".join(f"`{d}`" for d in config_differences(
             settings(first), settings(run))) or "same settings")
         front = run.front
@@ -54,13 +55,13 @@ def comparison_lines(runs: list[RunData]) -> list[str]:
                      f"{sm['hypervolume']:.4f}" if isinstance(sm.get("hypervolume"), float) else "-",
                      pct(max((r["accuracy"] for r in front), default=None)),
                      mmacs(min((r[run.cost_key] for r in front), default=None)),
-                     f"{pct(best_test['accuracy'])} at {mmacs(best_test['expected_macs'])}" if best_test else "-"])
+                     f"{pct(best[1]['accuracy'])} at {mmacs(best[1]['expected_macs'])}" if best else "-"])
     cons = {json.dumps((r.pareto or {}).get("constraints"), sort_keys=True) for r in runs if r.pareto}
     note = ([] if len(cons) <= 1 else
             ["", "The searches ran under different constraints: their hypervolumes are not comparable."])
     return table(["run", "supernet trained with", "val acc largest", "val acc smallest", "admissible front",
                   "hypervolume (val)", "best admissible val acc", "lowest admissible exp. MACs",
-                  "best export: test acc at exp. MACs"], rows) + note
+                  "best export on val: test acc at exp. MACs"], rows) + note
 
 
 # Saved settings that shape the networks, the data splits and the search: runs equal in all of
@@ -73,37 +74,45 @@ def recipe_key(run: RunData) -> str:
     return json.dumps({k: saved.get(k) for k in RECIPE_SECTIONS}, sort_keys=True, default=str)
 
 
-def short_of_static(run: RunData, e: Export) -> bool:
-    """Whether the export holds a supernet's inherited weights trained for fewer epochs than the
-    static network of its backbone: say, a 1-epoch supernet used only to write an export for
-    `nachos finetune`; such weights say nothing about goal 3."""
-    b = static_of(run, e.manifest.get("arch_key"))
-    return b is not None and not e.finetuned and run.cfg.train.epochs < b["epochs"]
+def baseline_seed(run: RunData, b: dict[str, Any]) -> Any:
+    """The seed static network ``b`` was trained with (a copy from another run keeps that run's recipe)."""
+    return (b.get("recipe") or {}).get("seed", run.cfg.seed)
+
+
+def seed_static(run: RunData, arch_key: str | None) -> dict[str, Any] | None:
+    """``static_of`` among the static networks trained with the run's seed: a copy of another seed's
+    would have two seeds' rows share one draw, and their spread understate the seeds'."""
+    held = [b for b in run.baselines if arch_key and b.get("arch_key") == arch_key and like_for_like(run, b)
+            and baseline_seed(run, b) == run.cfg.seed]
+    return max(held, key=lambda b: b["test_accuracy"]) if held else None
 
 
 def seed_repeats(runs: list[RunData]) -> list[tuple[str, list[tuple[RunData, Export]]]]:
     """(export id, [(run, export), ...]) for each evaluated export id that at least two runs of one
-    recipe with different seeds hold, in the order the runs were given (``short_of_static`` ones
-    left out)."""
-    groups: dict[tuple[str, str], list[tuple[RunData, Export]]] = {}
+    recipe with different seeds hold, in the order the runs were given, one per seed (the first:
+    a rerun of a seed is no new draw), ``short_of_static`` ones left out."""
+    groups: dict[tuple[str, str], dict[Any, tuple[RunData, Export]]] = {}
     for run in runs:
         if not run.has_config:
             continue
         for e in evaluated(run):
             if e.eval.get("exit_accuracy_all_samples") and not short_of_static(run, e):
-                groups.setdefault((recipe_key(run), e.id), []).append((run, e))
-    return [(eid, members) for (_, eid), members in groups.items()
-            if len({run.cfg.seed for run, _ in members}) >= 2]
+                groups.setdefault((recipe_key(run), e.id), {}).setdefault(run.cfg.seed, (run, e))
+    return [(eid, list(by_seed.values())) for (_, eid), by_seed in groups.items() if len(by_seed) >= 2]
 
 
 def repeat_row(run: RunData, e: Export, ablation: list[dict[str, Any]]) -> dict[str, Any]:
     """Goal 3 read off one export (``ablation``: the run's ``exit_ablation_test``): its operating
-    point chosen on validation (``operating_row``), judged on test."""
+    point chosen on validation (``operating_row``), judged on test against the better of its final
+    classifier and the static network that seed trained (``seed_static``)."""
     rows = [r for r in ablation if r["id"] == e.id]
+    static = seed_static(run, e.manifest.get("arch_key"))
     op = operating_row(rows)
-    return {"static": static_of(run, e.manifest.get("arch_key")), "alone": rows[0]["alone"],
-            "first": float(e.eval["exit_accuracy_all_samples"][0]), "op": op,
-            "met": op is not None and savings_goal_met(op)}
+    if op is not None:
+        ref = op["alone"] if static is None else max(op["alone"], float(static["test_accuracy"]))
+        op = dict(op, static=None if static is None else float(static["test_accuracy"]), loss=ref - op["accuracy"])
+    return {"static": static, "alone": rows[0]["alone"], "first": float(e.eval["exit_accuracy_all_samples"][0]),
+            "op": op, "met": op is not None and savings_goal_met(op)}
 
 
 def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunData, Export, dict[str, Any]]]]:
@@ -112,16 +121,17 @@ def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunD
     goal 2's head-to-head is read across seeds, not off one. Networks are matched by their arch
     string (a baseline copied in from a run of another space keeps that space's arch key) and
     epochs; a run holding two such, one trained there and one copied in, enters with its own."""
-    groups: dict[tuple[str, Any], list[tuple[RunData, Export, dict[str, Any]]]] = {}
+    groups: dict[tuple[str, Any], dict[Any, tuple[RunData, Export, dict[str, Any]]]] = {}
     for run, e in members:
         mine: dict[tuple[str, Any], dict[str, Any]] = {}
         for b in sorted(run.baselines, key=lambda b: copied_from(run, b) is not None):
             key = (str(b.get("arch_str") or b["tag"]), b.get("epochs"))
-            if like_for_like(run, b):
+            if like_for_like(run, b) and baseline_seed(run, b) == run.cfg.seed:
                 mine.setdefault(key, b)
         for key, b in mine.items():
-            groups.setdefault(key, []).append((run, e, b))
-    kept = [g for g in groups.values() if len({run.cfg.seed for run, _, _ in g}) >= 2]
+            by_seed = groups.setdefault(key, {})
+            by_seed.setdefault(run.cfg.seed, (run, e, b))
+    kept = [list(g.values()) for g in groups.values() if len(g) >= 2]
     return sorted(kept, key=lambda g: min(b["macs"] for _, _, b in g))
 
 
@@ -211,7 +221,7 @@ def scratch_accuracies(runs: list[RunData]) -> tuple[int | None, dict[str, list[
     for run in runs:
         for b in from_scratch(run):
             if isinstance(b.get("epochs"), int) and b.get("arch_str"):
-                seed = (b.get("recipe") or {}).get("seed", run.cfg.seed)
+                seed = baseline_seed(run, b)
                 by_epochs.setdefault(b["epochs"], {}).setdefault(b["arch_str"], {}).setdefault(seed,
                                                                                               b["test_accuracy"])
     if not by_epochs:

@@ -310,6 +310,20 @@ def like_for_like(run: RunData, baseline: dict[str, Any]) -> bool:
     return rival_problem(run, baseline) is None
 
 
+def short_of_static(run: RunData, e: Export) -> bool:
+    """Whether the export holds a supernet's inherited weights trained for fewer epochs than the
+    static network of its backbone: say, a 1-epoch supernet used only to write an export for
+    `nachos finetune`; such weights say nothing about goal 3. Against the shortest such network
+    trained like for like (one trained as long as the supernet makes the export a fair match, however
+    many longer ones there are), or, with none, against the epochs one would need (``rival_epochs``):
+    a barely trained export's own final classifier is as poor as its exits, so it alone cannot tell."""
+    if e.finetuned:
+        return False
+    key = e.manifest.get("arch_key")
+    held = [int(b["epochs"]) for b in run.baselines if key and b.get("arch_key") == key and like_for_like(run, b)]
+    return run.cfg.train.epochs < (min(held) if held else rival_epochs(run))
+
+
 def een_points(e: Export) -> list[dict[str, Any]]:
     """An evaluated export's deployable operating points on test: its own thresholds, then those of
     its trade-off curve (thresholds chosen on validation per MAC budget, ``eval.evaluate``)."""
@@ -401,6 +415,13 @@ def goal_savings(run: RunData) -> Goal:
     rows = exit_ablation_test(run)
     if not rows:
         return Goal(text, "not run", "no evaluated export (`nachos export`, then `nachos eval`)")
+    # a barely trained export saves much at little loss against its own poor final classifier
+    short = {e.id for e in evaluated(run) if short_of_static(run, e)} & {r["id"] for r in rows}
+    rows = [r for r in rows if r["id"] not in short]
+    left_out = ("left out: " + ", ".join(sorted(short)) + " (inherited weights of a supernet trained fewer epochs "
+                "than a like-for-like static network)") if short else ""
+    if not rows:
+        return Goal(text, "not run", f"no evaluated export to judge; {left_out}: train them on (`nachos finetune`)")
     by_id: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_id.setdefault(r["id"], []).append(r)
@@ -416,6 +437,7 @@ def goal_savings(run: RunData) -> Goal:
              f"({pct(best['accuracy'])} vs {ref})")
     if best["static"] is not None:
         where += f"; against the static network alone {points(best['accuracy'] - best['static'])}"
+    where += f"; {left_out}" if left_out else ""
     if savings_goal_met(best):
         return Goal(text, "met", where + ".")
     if best["loss"] > GOAL_MAX_LOSS + 1e-12:

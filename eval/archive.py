@@ -13,7 +13,7 @@ from pathlib import Path
 
 from eval.run_folder import load_run
 from nachos.config import Config
-from nachos.runtime import RunError
+from nachos.runtime import RunError, replace_dir
 
 # What the report reads (eval.run_folder.load_run, eval.report), relative to the run folder.
 REPORT_FILES = ("config.yaml", "metrics.json", "supernet_test.json", "macs.json",
@@ -52,9 +52,7 @@ def archive_run(cfg: Config, run_dir: Path, dest: Path) -> list[Path]:
     if dropped:
         print(f"{dest}: dropped {len(dropped)} archived file(s) that {run_dir} no longer has: "
               + ", ".join(str(rel) for rel in dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
-    # swap in whole, so an interrupted archive leaves the previous one intact
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
+    replace_dir(staging, dest)  # swapped in whole: an interrupted archive leaves a complete one
     return [dest / rel for rel in files]
 
 

@@ -446,6 +446,20 @@ def finished(path: Path, cfg: Config, arch: Arch, epochs: int) -> dict[str, Any]
     return data if data.get("fingerprint") == _fingerprint(cfg, arch, epochs) else None
 
 
+def add_origin(path: Path, result: dict[str, Any], origin: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with ``origin`` kept under ``origin["also"]`` (and written back) when another mode
+    chose the finished network first: the front, matched and scored modes tag one backbone alike, and
+    the report's kind column and commands would otherwise name the first mode only. Origins are told
+    apart by kind (and export); a later one of a kind already held adds nothing."""
+    first = result.get("origin") or {}
+    held = [first, *first.get("also", [])]
+    if any((o.get("kind"), o.get("export")) == (origin.get("kind"), origin.get("export")) for o in held):
+        return result
+    merged = dict(result, origin=dict(first, also=[*first.get("also", []), origin]) if first else origin)
+    atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
+    return merged
+
+
 def default_epochs(run: Config) -> int:
     """``export.baseline_epochs=0``: as long as the run's EENs trained (``eval.analysis.rival_epochs``:
     the supernet's epochs plus any fine-tuning from its weights, or a retrained EEN's own), so that
@@ -479,6 +493,7 @@ def baseline_command(cfg: Config, args: Any) -> int:
             result = train_static(run, arch, epochs, tag, out_dir, origin=origin)
         else:
             print(f"{tag}: already trained ({out_dir / (tag + '.json')})", file=sys.stderr)
+            result = add_origin(out_dir / f"{tag}.json", result, origin)
         print(f"  {tag}: test accuracy {result['test_accuracy']:.4f}, val {result['val_accuracy']:.4f}, "
               f"{result['macs'] / 1e6:.3f} M MACs, {result['params']:,} params, {result['train_seconds']:.0f} s "
               f"({result['origin']['kind']}: {result['arch_str']})")

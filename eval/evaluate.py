@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from eval.export import export_root, load_exported, load_torchscript, make_hint, run_early_exit
-from eval.metrics import (exit_statistics, expected_calibration_error, expected_cost, latency_summary,
-                          softmax_np)
+from eval.metrics import exit_statistics, expected_cost, latency_summary, softmax_np
 from eval.onnx_runner import MANIFEST, OnnxEarlyExitRunner, read_manifest
 from eval.runtime import EarlyExitModel
+from exits.metrics import expected_calibration_error
 from exits.policies import decide_exits
 from nachos.config import Config, ConfigError, saved_config_here
 from nachos.runtime import RunError, atomic_write_text, memory_format, resolve_device

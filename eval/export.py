@@ -43,7 +43,7 @@ from eval.onnx_runner import MANIFEST, OnnxEarlyExitRunner, read_manifest, sha25
 from eval.runtime import EarlyExitModel, build_model, script_model
 from exits.policies import decide_exits_np
 from nachos.config import Config, config_to_dict
-from nachos.runtime import RunError, atomic_write_text, ensure_dir
+from nachos.runtime import RunError, atomic_write_text, ensure_dir, replace_dir
 from supernet.bn import recalibrate_bn
 from supernet.costs import profile_exit_costs
 from supernet.space import Arch
@@ -301,9 +301,7 @@ def write_export(folder: Path, model: EarlyExitModel, manifest: dict[str, Any], 
                       f"{len(check_x)} validation images ({'; '.join(problems)}); check it before deploying "
                       "(arch.json `checks`), or export again with that form off", file=sys.stderr)
             atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        replace_dir(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -443,20 +441,24 @@ class Exporter:
                 "exit_rates": (counts / counts.sum()).tolist(), "final_classifier_accuracy": final,
                 "max_accuracy_drop": self.cfg.export.max_accuracy_drop}
 
-    def validation(self, model: EarlyExitModel, rec: Record, exit_costs: np.ndarray) -> dict[str, Any]:
+    @staticmethod
+    def validation_figures(model: EarlyExitModel, loader: Any,
+                           exit_costs: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """A manifest's ``validation`` figures on ``loader`` (``nachos finetune`` records its exports'
+        with it too), and each image's exit and label."""
         from eval.metrics import exit_statistics, expected_cost
 
-        device = self.backend.device
-        pred, ex, _, labels = run_early_exit(model.to(device), self.backend.val_loader())
-        model.cpu()
+        pred, ex, _, labels = run_early_exit(model, loader)
         stats = exit_statistics(ex, pred, labels, model.num_exits)
-        out: dict[str, Any] = {
-            "split": "val", "images": int(len(labels)), "accuracy": float((pred == labels).mean()),
-            "exit_counts": stats["counts"], "exit_rates": stats["rates"], "exit_accuracy": stats["accuracy"],
-            "expected_macs": expected_cost(stats["counts"], exit_costs),
-            "search": {k: rec.get(k) for k in ("accuracy", "expected_macs", "peak_macs", "params", "exit_rates",
-                                              "exit_counts")},
-        }
+        return {"split": "val", "images": int(len(labels)), "accuracy": float((pred == labels).mean()),
+                "exit_counts": stats["counts"], "exit_rates": stats["rates"], "exit_accuracy": stats["accuracy"],
+                "expected_macs": expected_cost(stats["counts"], exit_costs)}, ex, labels
+
+    def validation(self, model: EarlyExitModel, rec: Record, exit_costs: np.ndarray) -> dict[str, Any]:
+        out, ex, labels = self.validation_figures(model.to(self.backend.device), self.backend.val_loader(), exit_costs)
+        model.cpu()
+        out["search"] = {k: rec.get(k) for k in ("accuracy", "expected_macs", "peak_macs", "params", "exit_rates",
+                                                 "exit_counts")}
         # the search's own per-sample decisions, from its prediction cache on the same split
         arch = Arch.from_dict(rec["arch"])
         cache = self.backend.prediction_cache(arch)

@@ -52,9 +52,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.export import (FORMAT, check_images, export_root, load_exported, run_early_exit, select_solutions,
+from eval.export import (FORMAT, Exporter, check_images, export_root, load_exported, select_solutions,
                          write_export)
-from eval.metrics import exit_statistics, expected_cost
 from eval.onnx_runner import MANIFEST, read_manifest
 from eval.runtime import EarlyExitModel
 from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config
@@ -262,15 +261,6 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
             "history": history}
 
 
-# ----------------------------------------------------------------------------- thresholds
-def validation_figures(model: EarlyExitModel, loader: Any, exit_costs: np.ndarray) -> dict[str, Any]:
-    pred, ex, _, labels = run_early_exit(model, loader)
-    stats = exit_statistics(ex, pred, labels, model.num_exits)
-    return {"split": "val", "images": int(len(labels)), "accuracy": float((pred == labels).mean()),
-            "exit_counts": stats["counts"], "exit_rates": stats["rates"], "exit_accuracy": stats["accuracy"],
-            "expected_macs": expected_cost(stats["counts"], exit_costs)}
-
-
 # ----------------------------------------------------------------------------- one export
 def finetune_export(folder: str | Path, cfg: Config) -> Path:
     """Fine-tune (or retrain) one export; returns the new export folder (``finetuned_name``) next to it."""
@@ -344,7 +334,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
                                               budget=float(m["expected_macs"]))
     tuned = EarlyExitModel(model.static_net(), thresholds, m["criterion"], m["input"]["mean"],
                            m["input"]["std"]).to(device).eval()
-    after = validation_figures(tuned, val_loader, exit_costs)
+    after = Exporter.validation_figures(tuned, val_loader, exit_costs)[0]
     after["search"] = m["validation"].get("search")
     info.update(parent=folder.name, init=init, parent_init=m.get("finetune", {}).get("init"), exit_weight=weight,
                 backbone_grad=grad, fingerprint=fp, seconds=time.perf_counter() - t0, device=str(device),

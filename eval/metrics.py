@@ -1,4 +1,5 @@
-"""Metrics of an early-exit model's predictions: accuracy, exit statistics, cost, calibration, latency."""
+"""Metrics of an early-exit model's predictions: accuracy, exit statistics, cost, latency
+(calibration: exits.metrics)."""
 from __future__ import annotations
 
 import statistics
@@ -12,22 +13,6 @@ def softmax_np(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """Equal-width-bin ECE: sum_b |B_b|/N * |mean conf(B_b) - accuracy(B_b)|; bins are (lo, hi],
-    the first one [0, hi], as in Guo et al. 2017."""
-    conf = np.clip(np.asarray(conf, dtype=np.float64), 0.0, 1.0)
-    correct = np.asarray(correct, dtype=np.float64)
-    if conf.size == 0:
-        return float("nan")
-    which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    n = np.bincount(which, minlength=bins).astype(np.float64)
-    conf_sum = np.bincount(which, weights=conf, minlength=bins)
-    acc_sum = np.bincount(which, weights=correct, minlength=bins)
-    used = n > 0
-    gap = np.abs(conf_sum[used] - acc_sum[used])  # = n_b * |mean conf - accuracy|
-    return float(gap.sum() / conf.size)
 
 
 def exit_statistics(exit_index: np.ndarray, pred: np.ndarray, labels: np.ndarray, num_exits: int) -> dict[str, Any]:

@@ -142,28 +142,34 @@ def setup_lines(run: RunData) -> list[str]:
     return lines
 
 
+def origins(b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each way of choosing networks that picked baseline ``b`` (``eval.baselines.add_origin``), first first."""
+    first = b.get("origin") or {}
+    return [first, *first.get("also", [])]
+
+
 def baseline_commands(run: RunData, base: str) -> list[str]:
     """One ``nachos baseline`` line per training length and way of choosing the networks, so
     that each line trains again exactly the baselines it stands for (``eval.baselines``). Baselines
     trained in another run (their files copied over) get that run's command."""
-    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for b in from_scratch(run):
-        origin = b.get("origin", {})
-        key = origin.get("export") if origin.get("kind") == "export backbone" else origin.get("kind", "?")
-        groups.setdefault((copied_from(run, b) or run.name, int(b["epochs"]), str(key)), []).append(b)
+        for origin in origins(b):  # a network several modes chose stands in each one's command
+            key = origin.get("export") if origin.get("kind") == "export backbone" else origin.get("kind", "?")
+            groups.setdefault((copied_from(run, b) or run.name, int(b["epochs"]), str(key)), []).append((b, origin))
     lines = []
-    for (src, epochs, key), bs in sorted(groups.items(), key=lambda kv: (kv[0][0] != run.name, kv[0])):
+    for (src, epochs, key), pairs in sorted(groups.items(), key=lambda kv: (kv[0][0] != run.name, kv[0])):
         cmd_base = base
         if src != run.name:
             lines.append(f"# trained in run {src} (same data and training settings), files copied to "
                          f"{run.dir / 'baselines'}:")
             cmd_base = f"--config {run.dir.parent / src / 'config.yaml'}"
-        kind = bs[0].get("origin", {}).get("kind")
+        bs, kind = [b for b, _ in pairs], pairs[0][1].get("kind")
         which = {"hand-designed": "export.baselines=hand",
                  "front backbone": f"export.baselines=backbones export.max_baselines={len(bs)}",
                  "scored backbone": f"export.baselines=scored export.max_baselines={len(bs)}",
                  "matched static": "export.baselines=matched export.max_baselines="
-                                   f"{bs[0].get('origin', {}).get('max_baselines', len(bs))}",
+                                   f"{pairs[0][1].get('max_baselines', len(bs))}",
                  "given arch": "export.baselines=archs 'export.baseline_archs=[" +
                                ", ".join(f'"{b["arch_str"]}"' for b in bs) + "]'",
                  "export backbone": str(run.dir / "export" / key)}.get(kind or "", "")
@@ -262,7 +268,7 @@ def baseline_lines(run: RunData) -> list[str]:
                 p = c["point"]
                 een = (f"{c['een'].id} ({p['label']}): {pct(p['accuracy'])} @ {mmacs(p['expected_macs'])} "
                        f"({points(c['gap'])})")
-            kind = b.get("origin", {}).get("kind", "?")
+            kind = ", ".join(dict.fromkeys(o.get("kind", "?") for o in origins(b)))
             if src := copied_from(run, b):
                 kind += f", trained in run `{src}`"
             rows.append([b["tag"], kind, f"`{b.get('arch_str', '')}`", b["epochs"],
@@ -330,14 +336,42 @@ def cost_lines(run: RunData) -> list[str]:
         lines.append(f"- Static baselines: {len(own)} trained, {duration(tot)} in all"
                      + (f"; {len(from_scratch(run)) - len(own)} more copied in from "
                         f"{', '.join(f'`{r}`' for r in copied)}, counted there" if copied else "") + ".")
+    tuned = een_training(run)
+    ft_epochs = sum(int(x.manifest["finetune"].get("epochs", 0)) for x in tuned)
+    if tuned:
+        times = [x.manifest["finetune"].get("train_seconds") for x in tuned]
+        known = [t for t in times if t is not None]
+        spent = duration(sum(known)) if known else "time not recorded"
+        if known and len(known) < len(times):
+            spent += f" ({len(times) - len(known)} not recorded)"
+        lines.append(f"- Fine-tuning / retraining of the reported EENs (`nachos finetune`): "
+                     f"{n_of(len(tuned), 'export')}, {n_of(ft_epochs, 'network-epoch')}, {spent}.")
     ref = REFERENCE_CANDIDATES * REFERENCE_EPOCHS
+    ours = ""
+    if run.metrics is not None and s:  # without a search there is nothing to set against the reference's
+        sup = (epochs or c.train.epochs) * (2 + c.train.n_random)
+        total = sup + ft_epochs
+        ours = (f"; ours: {sup} subnet-epochs for the supernet"
+                + (f" + {ft_epochs} network-epochs of fine-tuning / retraining the reported EENs = {total}"
+                   if ft_epochs else "")
+                + f" ({ref / max(1, total):.0f}x fewer), every candidate then scored without training")
     lines.append(f"- Reference NACHOS search (published code): ~{REFERENCE_CANDIDATES} candidates x "
                  f"{REFERENCE_EPOCHS} epochs = ~{ref:,} network-epochs of fine-tuning, from ImageNet-pretrained "
-                 "OFA weights"
-                 + (f"; ours: {(epochs or c.train.epochs) * (2 + c.train.n_random)} subnet-epochs for the supernet "
-                    f"({ref / max(1, (epochs or c.train.epochs) * (2 + c.train.n_random)):.0f}x fewer), every "
-                    "candidate then scored without training" if run.metrics is not None else "") + ".")
+                 f"OFA weights{ours}.")
     return lines
+
+
+def een_training(run: RunData) -> list[Export]:
+    """The fine-tuned exports the reported EENs owe their weights to: each evaluated one and the
+    fine-tuned exports it was trained on from (exits on a static backbone, then jointly), once each."""
+    by_id = {e.id: e for e in run.exports}
+    out: dict[str, Export] = {}
+    for e in evaluated(run):
+        x: Export | None = e
+        while x is not None and x.finetuned and x.id not in out:
+            out[x.id] = x
+            x = by_id.get(x.manifest["finetune"].get("parent"))
+    return list(out.values())
 
 
 def ablation_lines(run: RunData) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -118,6 +119,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def replace_dir(staging: str | Path, dest: str | Path) -> Path:
+    """Swap the finished folder ``staging`` in as ``dest``. The old ``dest`` is moved aside (beside
+    ``staging``, where readers of ``dest``'s folder do not look) before the swap and deleted after it,
+    so a kill at any point leaves a complete copy instead of neither."""
+    staging, dest = Path(staging), Path(dest)
+    old = staging.with_name(staging.name + ".old")
+    if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def rng_state() -> dict:

@@ -414,19 +414,24 @@ class MacTable:
         if not todo:
             return 0
         show = self.progress if progress is None else progress
-        if self.metric == "macs":
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # counts do not depend on it, and threads only slow tiny forwards down
-            try:
-                for item in tqdm(todo, desc="macs table", unit="entry", disable=not show, mininterval=1.0,
-                                 dynamic_ncols=True):
-                    module = item.make()
-                    self.entries[item.key] = (count_macs(module, item.input_shape, copy_module=False),
-                                              count_params(module))
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            self._fill_latency(todo, show)
+        # the modules measured here draw random initial weights (and latency inputs): a table built lazily in a
+        # seeded run (supernet training) must not move that run's RNG, or its dropout masks depend on whether
+        # macs.json already existed
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if self.metric == "macs":
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # counts do not depend on it, and threads only slow tiny forwards down
+                try:
+                    for item in tqdm(todo, desc="macs table", unit="entry", disable=not show, mininterval=1.0,
+                                     dynamic_ncols=True):
+                        module = item.make()
+                        self.entries[item.key] = (count_macs(module, item.input_shape, copy_module=False),
+                                                  count_params(module))
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                self._fill_latency(todo, show)
         self.measured_now += len(todo)
         self._dirty = True
         return len(todo)

@@ -95,32 +95,17 @@ class ElasticSupernet(nn.Module):
         self.active_dropout = dropout
 
     # ------------------------------------------------------------------ forward
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor | None], torch.Tensor]:
-        """Feature maps at every candidate exit position (None where unavailable) and the last
-        stage's output."""
-        feats: list[torch.Tensor | None] = [None] * len(self.heads)
-        x = self.stem(x)
-        for step in self._plan:
-            x = step.block(x, step.spec)
-            if step.exit_index >= 0:
-                feats[step.exit_index] = x
-        return feats, x
-
-    def forward_heads(self, feats: Sequence[torch.Tensor | None],
-                      exit_ids: Collection[int] | None = None) -> list[torch.Tensor | None]:
-        """Exit logits from ``forward_features``'s maps (e.g. detached, to train heads alone)."""
-        return [None if f is None or (exit_ids is not None and i not in exit_ids)
-                else head(scale_gradient(f, self.backbone_grad)) for i, (head, f) in enumerate(zip(self.heads, feats))]
-
-    def forward_final(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final(x, self.active_arch.final_width, self.active_dropout)
-
     def forward(self, x: torch.Tensor, exit_ids: Collection[int] | None = None) -> list[torch.Tensor | None]:
         """Logits of every candidate exit (None if unavailable, or not in ``exit_ids`` when
         given), then of the final classifier."""
-        feats, x = self.forward_features(x)
-        outs = self.forward_heads(feats, exit_ids)
-        outs.append(self.forward_final(x))
+        outs: list[torch.Tensor | None] = [None] * len(self.heads)
+        x = self.stem(x)
+        for step in self._plan:
+            x = step.block(x, step.spec)
+            i = step.exit_index
+            if i >= 0 and (exit_ids is None or i in exit_ids):
+                outs[i] = self.heads[i](scale_gradient(x, self.backbone_grad))
+        outs.append(self.final(x, self.active_arch.final_width, self.active_dropout))
         return outs
 
     # ------------------------------------------------------------------ extraction

@@ -344,11 +344,9 @@ class SearchSpace:
                 positions.append(ExitPosition(len(positions), st.index, b, st.out_size, st.widths))
         return positions
 
-    def exit_positions(self, arch: Arch | None = None) -> list[ExitPosition]:
-        """Every candidate position, or with ``arch`` only those available to it."""
-        if arch is None:
-            return list(self._positions)
-        return [p for p in self._positions if p.available(arch)]
+    def exit_positions(self) -> list[ExitPosition]:
+        """Every candidate position (``available_exits`` says which an arch has)."""
+        return list(self._positions)
 
     def available_exits(self, arch: Arch) -> list[int]:
         return [p.index for p in self._positions if p.available(arch)]

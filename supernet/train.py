@@ -43,6 +43,7 @@ from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
 from exits import losses as exit_losses
+from exits.metrics import expected_calibration_error
 from exits.policies import class_logits, exit_confidence
 from nachos.config import Config, config_to_dict, describe, load_config, save_config, saved_differences
 from nachos.data import balanced_pick, calibration_batches, derived_generator, load_splits, make_loader
@@ -50,6 +51,7 @@ from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensu
                             resolve_device, rng_state, seed_everything, set_rng_state)
 from nachos.tracking import Tracker
 from supernet.bn import recalibrate_bn
+from supernet.costs import MacTable
 from supernet.network import create_supernet, saved_kernel_transform
 from supernet.space import Arch, SearchSpace
 
@@ -158,14 +160,14 @@ def validation_subnets(space: SearchSpace, seed: int, accept: Callable[[Arch], b
             "random": draw_subnet(space, random.Random(f"val-subnet:{seed}"), accept)}
 
 
-def budget_filter(cfg: Config, space: SearchSpace) -> Callable[[Arch], bool] | None:
-    """``train.random_max_macs`` as a predicate on whole-network MACs (read from the MAC table), or None."""
+def budget_filter(cfg: Config, space: SearchSpace, table: MacTable | None = None) -> Callable[[Arch], bool] | None:
+    """``train.random_max_macs`` as a predicate on whole-network MACs (read from ``table``, by default the run's
+    MAC table), or None."""
     budget = cfg.train.random_max_macs
     if budget <= 0:
         return None
-    from supernet.costs import MacTable
-
-    table = MacTable.from_config(cfg)
+    if table is None:
+        table = MacTable.from_config(cfg)
     smallest = table.backbone_costs(space.smallest())[-1]
     if budget < smallest:
         raise RunError(f"train.random_max_macs={budget:.4g} is below the smallest subnet's {smallest:.4g} MACs; "
@@ -214,24 +216,23 @@ def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, alpha_min: fl
 
 
 # ----------------------------------------------------------------------------- exit costs
+def shared_mac_table(cfg: Config, ddp: Dist = Dist()) -> MacTable:
+    """The run's calibrated MAC table (``runs/<name>/macs.json``, shared with search), built on first use.
+    Every rank must call this: rank 0 builds and saves it, the others read it after a barrier."""
+    table = MacTable.from_config(cfg) if ddp.main else None
+    if ddp.active:
+        dist.barrier()
+    return table if table is not None else MacTable.from_config(cfg)
+
+
 class ExitCosts:
     """Cumulative MACs of leaving at each candidate exit of an arch, then at the final classifier,
-    as (E + 1,) tensors for the learned criterion's MACs regulariser.
-
-    Read from the calibrated table of ``supernet.costs`` (``runs/<name>/macs.json``, built on first
-    use and shared with search), which sums exact per-module ptflops counts.
+    as (E + 1,) tensors for the learned criterion's MACs regulariser, read from ``table`` (see
+    ``shared_mac_table``), which sums exact per-module ptflops counts.
     """
 
-    def __init__(self, cfg: Config, space: SearchSpace, ddp: Dist = Dist()) -> None:
-        from supernet.costs import MacTable
-
-        self.space = space
-        if ddp.main:  # rank 0 builds and saves the table; the others then read it
-            self.table = MacTable.from_config(cfg)
-        if ddp.active:
-            dist.barrier()
-        if not ddp.main:
-            self.table = MacTable.from_config(cfg)
+    def __init__(self, space: SearchSpace, table: MacTable) -> None:
+        self.space, self.table = space, table
         self.cache: dict[Arch, torch.Tensor] = {}
 
     def __call__(self, arch: Arch) -> torch.Tensor:
@@ -327,17 +328,6 @@ def member_loss(model: nn.Module, arch: Arch, x: torch.Tensor, y: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------- validation
-def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
-    edges = torch.linspace(0, 1, bins + 1, device=conf.device)
-    which = torch.bucketize(conf.clamp(0, 1), edges[1:-1])
-    ece = conf.new_zeros(())
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            ece += inside.float().mean() * (conf[inside].mean() - correct[inside].float().mean()).abs()
-    return float(ece)
-
-
 @torch.no_grad()
 def evaluate_subnet(model: nn.Module, space: SearchSpace, arch: Arch, calib: list[torch.Tensor], val_loader: Any,
                     cfg: Config, autocast: Any) -> dict[str, float]:
@@ -374,9 +364,13 @@ def evaluate_subnet(model: nn.Module, space: SearchSpace, arch: Arch, calib: lis
     return out
 
 
+def _bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BN running statistics and batch counts: the buffers a training-mode forward changes."""
+    return {k: v for k, v in model.named_buffers() if k.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))}
+
+
 def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.named_buffers()
-            if k.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))}
+    return {k: v.clone() for k, v in _bn_state(model).items()}
 
 
 def validate(model: nn.Module, space: SearchSpace, subnets: dict[str, Arch], calib: list[torch.Tensor],
@@ -402,12 +396,13 @@ def validate(model: nn.Module, space: SearchSpace, subnets: dict[str, Arch], cal
 # ----------------------------------------------------------------------------- checkpoints
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any, step: int,
                      epoch: int, best: float, cfg: Config, space: SearchSpace, held_out_digest: str,
-                     rng: dict | None = None) -> dict:
-    """Everything a resume needs, plus what the search checks: the space and the held-out images."""
+                     rng: dict | None = None, metrics: dict[str, Any] | None = None) -> dict:
+    """Everything a resume needs, plus what the search checks: the space and the held-out images, and the last
+    validation's ``metrics``."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "loader": loader.state_dict(), "rng": rng if rng is not None else rng_state(), "step": step,
             "epoch": epoch, "best": best, "config": config_to_dict(cfg), "space_hash": space.space_hash(),
-            "held_out_digest": held_out_digest}
+            "held_out_digest": held_out_digest, "metrics": dict(metrics or {})}
 
 
 # What a resume must keep: these sections decide what the supernet learns, on which images, on what schedule (the
@@ -497,6 +492,24 @@ def _first_non_finite(values: list[float], names: list[str]) -> str | None:
     return None
 
 
+def non_finite_message(cfg: Config, step: int, epoch: int, subnet: str | None, arch: Arch | None) -> str:
+    """Why the run stopped, and a fix that works: a --resume must keep train.lr, the warm-up and the clipping
+    (the restored optimizer and schedule carry them) and so would replay this very step."""
+    tc, run_dir = cfg.train, cfg.run_dir
+    if subnet is not None:
+        what = f"loss at step {step} (epoch {epoch + 1}) in subnet {subnet!r} ({arch})"
+        fix, knobs = "a lower train.lr, a longer train.warmup_epochs or train.grad_clip", f"train.lr={tc.lr / 2:g}"
+        if tc.grad_clip <= 0:
+            knobs += " train.grad_clip=1.0"
+    else:
+        what = f"gradient norm at step {step} (epoch {epoch + 1}), every subnet's loss finite"
+        fix = "a lower train.lr or a longer train.warmup_epochs (clipping cannot scale an inf down)"
+        knobs = f"train.lr={tc.lr / 2:g} train.warmup_epochs={max(2 * tc.warmup_epochs, 1):g}"
+    return (f"non-finite {what}; the last good state is saved in {run_dir / CHECKPOINT}, but a --resume keeps the "
+            f"recipe and would fail here again. Start a new run with {fix}, e.g. "
+            f"nachos supernet --config {run_dir / 'config.yaml'} name={cfg.name}-2 {knobs}")
+
+
 def train_supernet(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Train the supernet of ``cfg``; returns the final validation metrics (and ``exit_code``)."""
     ddp, device = setup_distributed(cfg)
@@ -513,6 +526,13 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     run_dir = cfg.run_dir
+    space = SearchSpace(cfg.space)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT, space, tc.kernel_transform, cfg) if resume else None
+    if ckpt is not None and ckpt["epoch"] >= tc.epochs and (run_dir / "metrics.json").is_file():
+        if ddp.main:
+            print(f"{run_dir} already finished its {tc.epochs} epochs: nothing to resume, nothing written",
+                  file=sys.stderr)
+        return {**json.loads((run_dir / "metrics.json").read_text()), "exit_code": 0}
     if ddp.main:
         ensure_dir(run_dir)
 
@@ -530,7 +550,6 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     support = SupportSet(cfg, splits.train_x, splits.train_y, mean, std, device) if learned else None
 
     # model, optimizer (no weight decay on BN and biases), per-iteration cosine schedule with warm-up
-    space = SearchSpace(cfg.space)
     model = create_supernet(cfg).to(device, memory_format=fmt)
     if ddp.active:  # identical start on every rank, whatever the local RNG did
         for t in model.state_dict().values():
@@ -541,20 +560,20 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     steps_per_epoch = len(loader)
     total_steps = max(1, tc.epochs * steps_per_epoch)
     scheduler = warmup_cosine(optimizer, tc.lr, total_steps, tc.warmup_epochs, steps_per_epoch)
-    costs = ExitCosts(cfg, space, ddp) if learned and cfg.exits.w_macs > 0 else None
-    # as ExitCosts: rank 0 builds (or reads) the MAC table first, the other ranks then read it
-    accept = budget_filter(cfg, space) if ddp.main else None
-    if ddp.active and tc.random_max_macs > 0:
-        dist.barrier()
-    if not ddp.main:
-        accept = budget_filter(cfg, space)
+    charge_macs = learned and cfg.exits.w_macs > 0
+    table = shared_mac_table(cfg, ddp) if charge_macs or tc.random_max_macs > 0 else None
+    costs = ExitCosts(space, table) if charge_macs else None
+    accept = budget_filter(cfg, space, table)
     autocast = autocast_factory(device, tc.amp)
     params = [p for p in model.parameters() if p.requires_grad]
+    # a failed step's forwards have already moved these; copied before each step (~0.1 ms) to save the last good state
+    bn_live = list(_bn_state(model).values())
+    bn_before = [t.clone() for t in bn_live]
 
     step, start_epoch, best, seconds_before = 0, 0, -1.0, 0.0
+    metrics: dict[str, Any] = {}
     t_start = time.perf_counter()
-    if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT, space, tc.kernel_transform, cfg)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -562,6 +581,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
         set_rng_state(ckpt["rng"])
         step, start_epoch, best = ckpt["step"], ckpt["epoch"], ckpt["best"]
         seconds_before = ckpt.get("seconds", 0.0)  # wall time of earlier sessions, for the cost report
+        metrics = ckpt.get("metrics", {})  # the last validation's, for metrics.json if no epoch is left to run
         if ddp.main:
             print(f"resuming {run_dir / CHECKPOINT}: epoch {start_epoch}, step {step}", file=sys.stderr)
     if ddp.main:  # only now: a refused resume must not overwrite the run's own config
@@ -571,12 +591,11 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
     tracker = Tracker(cfg, run_dir, "supernet", enabled=ddp.main, resume=resume)
     stop = StopRequest().install()
     arch_digest = hashlib.sha1()
-    metrics: dict[str, Any] = {}
 
     def save(path: Path, rng: dict | None = None, epoch: int | None = None) -> None:
         if ddp.main:
             state = checkpoint_state(model, optimizer, scheduler, loader, step, start_epoch if epoch is None else epoch,
-                                     best, cfg, space, splits.held_out_digest, rng)
+                                     best, cfg, space, splits.held_out_digest, rng, metrics)
             state["seconds"] = seconds_before + time.perf_counter() - t_start
             atomic_torch_save(state, path)
 
@@ -608,6 +627,7 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                     arch_digest.update(arch.to_json().encode())
 
                 optimizer.zero_grad(set_to_none=True)
+                torch._foreach_copy_(bn_before, bn_live)
                 results: list[MemberResult] = []
                 teacher = None
                 for name, arch in members:
@@ -630,17 +650,13 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
                 member_values, norm_value, stop_signal = synced[:-2], synced[-2], synced[-1] > 0
                 bad = _first_non_finite(member_values, [n for n, _ in members])
                 if bad is not None or not math.isfinite(norm_value):
-                    # params and optimizer are still the last good state: this step's update was not applied
+                    # params and optimizer are still the last good state (this step's update was not applied);
+                    # BN statistics are put back to what they were before its forwards
+                    with torch.no_grad():
+                        torch._foreach_copy_(bn_live, bn_before)
                     loader.load_state_dict(loader_before)
                     save(run_dir / CHECKPOINT, rng=rng_before)
-                    if bad is not None:
-                        what = f"loss at step {step} (epoch {epoch + 1}) in subnet {bad!r} ({dict(members)[bad]})"
-                        fix = "Lower train.lr, raise train.warmup_epochs or set train.grad_clip"
-                    else:
-                        what = f"gradient norm at step {step} (epoch {epoch + 1}), every subnet's loss finite"
-                        fix = "Lower train.lr or raise train.warmup_epochs (clipping cannot scale an inf down)"
-                    raise RunError(f"non-finite {what}; the last good state is saved in {run_dir / CHECKPOINT}. "
-                                   f"{fix}")
+                    raise RunError(non_finite_message(cfg, step, epoch, bad, dict(members).get(bad or "")))
                 optimizer.step()
                 step += 1
                 pos += 1

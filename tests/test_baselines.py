@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import eval.baselines as baselines
@@ -76,3 +77,37 @@ def test_default_baseline_epochs_match_the_eens_training(tmp_path: Path) -> None
     (folder / "arch.json").write_text(json.dumps({"id": "x-ft3", "finetune": {"init": "inherited", "epochs": 3}}))
     (folder / "eval.json").write_text(json.dumps({"id": "x-ft3", "accuracy": 0.5, "expected_macs": 1.0}))
     assert baselines.default_epochs(cfg) == cfg.train.epochs + 3
+
+
+def test_a_finished_baseline_keeps_the_origin_of_every_mode_that_chose_it(tmp_path: Path, monkeypatch,
+                                                                            capsys) -> None:
+    """The front, matched and scored modes all name a backbone `backbone-<key>`: a later mode finds it
+    trained by an earlier one, and the report's kind column and commands must name both."""
+    import argparse
+    import json
+
+    from eval.report import baseline_commands, baseline_lines
+    from eval.run_folder import load_run
+
+    cfg = tiny_cfg(tmp_path, "export.baseline_epochs=3", "train.epochs=3")
+    arch = SearchSpace.from_config(cfg.space).sample(random.Random(3))
+    tag, path = f"backbone-{arch.key()}", cfg.run_dir / "baselines" / f"backbone-{arch.key()}.json"
+    path.parent.mkdir(parents=True)
+    front = {"kind": "front backbone", "arch_key": arch.key(), "solutions": []}
+    path.write_text(json.dumps({"tag": tag, "run": cfg.name, "origin": front, "arch": arch.to_dict(),
+                                "arch_str": str(arch), "arch_key": arch.key(), "exits": [], "epochs": 3,
+                                "test_accuracy": 0.5, "val_accuracy": 0.5, "macs": 1e6, "params": 10,
+                                "train_seconds": 1.0, "fingerprint": baselines._fingerprint(cfg, arch, 3)}))
+    matched = {"kind": "matched static", "arch_key": arch.key(), "max_baselines": 4, "solutions": []}
+    monkeypatch.setattr(baselines, "choose_baselines", lambda *a: [(tag, arch, matched)])
+    monkeypatch.setattr(baselines, "train_static", lambda *a, **k: pytest.fail("trained a finished baseline"))
+    for _ in range(2):  # the same mode again adds nothing
+        assert baselines.baseline_command(cfg, argparse.Namespace()) == 0
+        assert "already trained" in capsys.readouterr().err
+        assert json.loads(path.read_text())["origin"] == dict(front, also=[matched])
+    run = load_run(cfg, cfg.run_dir)
+    row = next(ln for ln in baseline_lines(run) if ln.startswith(f"| {tag} "))
+    assert row.split(" | ")[1] == "front backbone, matched static"
+    assert baseline_commands(run, "--config C") == [
+        "nachos baseline --config C export.baselines=backbones export.max_baselines=1 export.baseline_epochs=3",
+        "nachos baseline --config C export.baselines=matched export.max_baselines=4 export.baseline_epochs=3"]

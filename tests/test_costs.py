@@ -266,3 +266,15 @@ def test_space_command_counts_the_networks_given_with_arch(capsys: pytest.Captur
     captured = capsys.readouterr()
     assert "--arch: arch 'w8[k3e1] f64': 1 stages given; this space has 3" in captured.err
     assert "distinct subnets" not in captured.out  # refused before any work
+
+
+def test_measuring_entries_leaves_the_torch_rng_alone() -> None:
+    """A supernet run fills its table after seeding: drawing from the RNG there would make its dropout masks
+    depend on whether macs.json already existed."""
+    cfg = _cfg("tiny.yaml")
+    space = SearchSpace(cfg.space)
+    table = MacTable(space, cfg.exits)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert table.fill(list(enumerate_items(space, table.heads).values())[:4]) == 4
+    assert torch.equal(torch.get_rng_state(), before)

@@ -212,3 +212,30 @@ def test_learned_terms_named_and_switchable() -> None:
     assert set(off) == {"total"} and off["total"].item() == 0
     with pytest.raises(ValueError, match="costs"):
         losses.learned_exit_terms(heads, target, w_macs=1.0)
+
+
+# ----------------------------------------------------------------------------- calibration
+@pytest.mark.parametrize("bins", [5, 15, 100])
+def test_calibration_bins_are_lo_exclusive_hi_inclusive_at_every_edge(bins: int) -> None:
+    from exits.metrics import calibration_bins
+
+    # k / bins belongs to bin k - 1, 0 to the first; ceil(conf * bins) - 1 put 0.07 in bin 7 (0.07 * 100 > 7)
+    edges = np.arange(bins + 1) / bins
+    assert calibration_bins(edges, bins).tolist() == [0] + list(range(bins))
+    assert calibration_bins(np.nextafter(edges[1:-1], 2.0), bins).tolist() == list(range(1, bins))
+    assert calibration_bins(np.array([-0.5, 1.5]), bins).tolist() == [0, bins - 1]  # clipped
+
+
+def test_expected_calibration_error_by_hand_empty_and_one_for_all() -> None:
+    from exits.metrics import expected_calibration_error as ece
+
+    # 0.2 is the first bin's upper edge: 0.2 and 0.25 fall in two bins, 0.5 * |0.2 - 1| + 0.5 * |0.25 - 0|
+    assert ece(np.array([0.2, 0.25]), np.array([1, 0]), bins=5) == pytest.approx(0.525)
+    assert ece(np.array([0.1, 0.3]), np.array([0, 1]), bins=5) == pytest.approx(0.5 * 0.1 + 0.5 * 0.7)
+    gen = torch.Generator().manual_seed(0)
+    conf = torch.rand(1000, generator=gen)
+    right = torch.rand(1000, generator=gen) < conf
+    assert ece(conf, right) == ece(conf.double().numpy(), right.numpy())  # torch and numpy inputs alike
+    assert math.isnan(ece(np.empty(0), np.empty(0))) and math.isnan(ece(torch.empty(0), torch.empty(0)))
+    with pytest.raises(ValueError, match="3 confidences for 2"):
+        ece(np.ones(3), np.ones(2))

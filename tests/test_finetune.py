@@ -178,6 +178,27 @@ def test_scratch_init_retrains_from_the_static_baselines_start(exported, tmp_pat
     assert info["init"] == "scratch" and info["parent"] == parent.name
 
 
+def test_a_finetuned_export_records_its_validation_figures_as_an_export_does(exported, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """One function writes a manifest's ``validation`` figures, for ``nachos export`` and ``nachos
+    finetune`` alike: a figure added to one is in both."""
+    from eval.export import Exporter
+
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_epochs=1", "export.onnx=false", "export.torchscript=false")
+    parent = _copy(parent, run)
+    figures = Exporter.validation_figures
+
+    def marked(*args):
+        out, ex, labels = figures(*args)
+        return dict(out, marker=1), ex, labels
+
+    monkeypatch.setattr(Exporter, "validation_figures", staticmethod(marked))
+    _skip_training(monkeypatch)
+    val = json.loads((ft.finetune_export(parent, run) / "arch.json").read_text())["validation"]
+    assert val["marker"] == 1 and val["split"] == "val" and "search" in val
+
+
 def _reexport_with_other_bits(folder: Path) -> None:
     """What a re-export may do: the same network whose BN statistics differ in the last bits."""
     from safetensors.torch import load_file, save_file

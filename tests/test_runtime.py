@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from nachos.config import load_config
-from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format, resolve_device,
-                            rng_state, seed_everything, set_rng_state)
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format, replace_dir,
+                            resolve_device, rng_state, seed_everything, set_rng_state)
 from nachos.tracking import Tracker, read_offline_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,3 +198,36 @@ def test_offline_history_reader_skips_a_record_still_being_written(tmp_path):
         rows = read_offline_history(run)
         whole = sum(end <= cut for end in ends)
         assert [r["train/loss"] for r in rows] == [1.0, 0.5, 0.25][:whole], cut
+
+
+def _folder(path: Path, text: str) -> Path:
+    path.mkdir()
+    (path / "a.txt").write_text(text)
+    (path / "sub").mkdir()
+    (path / "sub" / "b.txt").write_text(text)
+    return path
+
+
+def test_replace_dir_swaps_a_folder_in_and_a_kill_mid_swap_keeps_a_complete_copy(tmp_path, monkeypatch):
+    dest = _folder(tmp_path / "dest", "old")
+    replace_dir(_folder(tmp_path / ".staging-1", "new"), dest)
+    assert (dest / "sub" / "b.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]  # nothing left beside it
+    # killed between moving the old folder aside and swapping the new one in
+    staging = _folder(tmp_path / ".staging-2", "newer")
+    real = os.replace
+    calls = []
+
+    def dies_on_the_swap(src, dst):
+        calls.append(src)
+        if Path(src) == staging:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_on_the_swap)
+    with pytest.raises(KeyboardInterrupt):
+        replace_dir(staging, dest)
+    assert len(calls) == 2
+    copies = [p for p in tmp_path.rglob("a.txt") if p.read_text() == "new"]
+    assert len(copies) == 1 and (copies[0].parent / "sub" / "b.txt").read_text() == "new"
+    assert (staging / "a.txt").read_text() == "newer"

@@ -199,7 +199,6 @@ def test_exit_positions_stage_and_block() -> None:
     small = block.smallest()  # depth 1 everywhere: only each stage's first block
     assert block.available_exits(small) == [p.index for p in pos if p.block == 0]
     assert block.available_exits(block.largest()) == list(range(13))
-    assert [p.index for p in block.exit_positions(small)] == block.available_exits(small)
 
 
 # ----------------------------------------------------------------------------- supernet
@@ -438,7 +437,10 @@ def test_bn_recalibration_changes_stats_deterministically_and_matches_static() -
     torch.manual_seed(0)
     net = create_supernet(_cfg("tiny.yaml"))
     _randomize_bn(net, 4)
-    arch = net.space.sample(random.Random(9))
+    # every stage, the last one and the final classifier narrower than their maximum, stage 1 shallower:
+    # each "untouched" check below has channels to look at
+    arch = Arch(depths=(1, 1, 2), kernels=((5,), (3, 3), (5, 3)), expand_ratios=((3,), (4, 4), (2, 4)),
+                widths=(8, 16, 24), final_width=64)
     net.eval().set_active(arch)
     batches = [torch.randn(16, 3, 32, 32) * 2 + 0.5 for _ in range(3)]
     static_before = net.extract(arch).eval()
@@ -451,13 +453,11 @@ def test_bn_recalibration_changes_stats_deterministically_and_matches_static() -
     stem_mean = "stem.bn.running_mean"
     assert not torch.allclose(state0[stem_mean], state1[stem_mean])
     # channels this subnet does not use keep their statistics
-    c = arch.widths[-1]
-    key = "final.conv.bn.running_mean"
-    if arch.final_width < net.final.conv.bn.num_features:
-        assert torch.equal(state0[key][arch.final_width:], state1[key][arch.final_width:])
-    assert torch.equal(state0["stages.2.0.project.bn.running_var"][c:], state1["stages.2.0.project.bn.running_var"][c:])
-    if arch.depths[1] == 1:
-        assert torch.equal(state0["stages.1.1.dw.bn.running_mean"], state1["stages.1.1.dw.bn.running_mean"])
+    for key, start in (("final.conv.bn.running_mean", arch.final_width),
+                       ("stages.2.0.project.bn.running_var", arch.widths[-1]),
+                       ("stages.1.1.dw.bn.running_mean", 0)):  # a block past stage 1's depth: all of it
+        assert len(state0[key][start:]) > 0, key
+        assert torch.equal(state0[key][start:], state1[key][start:]), key
 
     net.load_state_dict(state0)
     recalibrate_bn(net, batches, num_batches=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,41 +91,69 @@ def test_two_epochs_learn_and_log_to_wandb(straight: tuple[Config, dict]) -> Non
     assert steps[-1]["train/lr"] < 0.02  # and the cosine brought it down
 
 
-def test_interrupt_and_resume_is_exact(straight: tuple[Config, dict], tmp_path: Path,
+# Resume tests train with dropout: without it nothing in a step draws from the global RNG, and a resume that
+# forgot to restore it would still match the straight run.
+DROPOUT = {"space.dropout": 0.3, "data.train_subset": 500, "data.val_subset": 100, "train.bn_calib_batches": 1}
+DROPOUT_STEPS = 5  # per epoch
+
+
+@pytest.fixture(scope="module")
+def straight_dropout(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    cfg = tiny_cfg(tmp_path_factory.mktemp("runs"), "straight-dropout", **DROPOUT)
+    assert train.train_supernet(cfg)["step"] == 2 * DROPOUT_STEPS
+    return cfg
+
+
+def test_interrupt_and_resume_is_exact(straight_dropout: Config, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM mid-epoch 1 -> checkpoint, exit 143 -> --resume -> the same weights as the straight run."""
-    cfg, _ = straight
-    cfg2 = tiny_cfg(tmp_path, "resumed")
+    cfg = straight_dropout
+    cfg2 = tiny_cfg(tmp_path, "resumed", **DROPOUT)
     real = train.sandwich
     # lands mid-step; the step finishes, then the run saves
-    monkeypatch.setattr(train, "sandwich", signal_at(6, signal.SIGTERM))
+    monkeypatch.setattr(train, "sandwich", signal_at(2, signal.SIGTERM))
     assert train.supernet_command(cfg2, argparse.Namespace(resume=False)) == 143
     ckpt = torch.load(cfg2.run_dir / "last.pt", map_location="cpu", weights_only=False)
-    assert (ckpt["step"], ckpt["epoch"], ckpt["loader"]["pos"]) == (7, 0, 7)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["loader"]["pos"]) == (3, 0, 3)
     monkeypatch.setattr(train, "sandwich", real)
     assert signal.getsignal(signal.SIGTERM) is not None  # handlers were put back
 
     result = train.train_supernet(cfg2, resume=True)
-    assert result["exit_code"] == 0 and result["step"] == 20
+    assert result["exit_code"] == 0 and result["step"] == 2 * DROPOUT_STEPS
     ours, ref = model_state(cfg2.run_dir), model_state(cfg.run_dir)
     assert ours.keys() == ref.keys()
     for k in ref:
         assert torch.equal(ours[k], ref[k]), k
 
 
-def test_resume_at_epoch_boundary_is_exact(straight: tuple[Config, dict], tmp_path: Path,
+def test_resume_at_epoch_boundary_is_exact(straight_dropout: Config, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """One epoch, stop, resume for the second: identical to two epochs straight."""
-    cfg, _ = straight
-    cfg2 = tiny_cfg(tmp_path, "boundary")
+    cfg = straight_dropout
+    cfg2 = tiny_cfg(tmp_path, "boundary", **DROPOUT)
     real = train.sandwich
-    monkeypatch.setattr(train, "sandwich", signal_at(STEPS_PER_EPOCH - 1, signal.SIGINT))
+    monkeypatch.setattr(train, "sandwich", signal_at(DROPOUT_STEPS - 1, signal.SIGINT))
     first = train.train_supernet(cfg2)
     assert first["exit_code"] == 130 and "val/largest/final" in first  # the finished epoch was validated
     assert torch.load(cfg2.run_dir / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
     monkeypatch.setattr(train, "sandwich", real)
     train.train_supernet(cfg2, resume=True)
     ours, ref = model_state(cfg2.run_dir), model_state(cfg.run_dir)
+    for k in ref:
+        assert torch.equal(ours[k], ref[k]), k
+
+
+def test_a_fresh_run_trains_as_a_run_whose_mac_table_exists(tmp_path: Path) -> None:
+    """The first run builds macs.json after seeding (for train.random_max_macs); with dropout drawing from the
+    same RNG, building it must not change what the run learns."""
+    opts = {"train.epochs": 1, "data.train_subset": 200, "data.val_subset": 100, "train.bn_calib_batches": 1,
+            "space.dropout": 0.5, "train.random_max_macs": 1.5e6}
+    fresh, present = tiny_cfg(tmp_path, "fresh", **opts), tiny_cfg(tmp_path, "present", **opts)
+    assert train.train_supernet(fresh)["exit_code"] == 0
+    present.run_dir.mkdir(parents=True)
+    shutil.copy(fresh.run_dir / "macs.json", present.run_dir / "macs.json")
+    assert train.train_supernet(present)["exit_code"] == 0
+    ours, ref = model_state(present.run_dir), model_state(fresh.run_dir)
     for k in ref:
         assert torch.equal(ours[k], ref[k]), k
 
@@ -155,13 +184,33 @@ def test_resume_with_another_recipe_is_refused(straight: tuple[Config, dict], ke
     assert (cfg.run_dir / "config.yaml").read_text() == config_before
 
 
-def test_resume_may_change_threads_and_logging(tmp_path: Path) -> None:
+def test_resume_may_change_threads_and_logging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = {"train.epochs": 1, "data.train_subset": 200, "data.val_subset": 100}
     cfg = tiny_cfg(tmp_path, **small)
-    assert train.train_supernet(cfg)["exit_code"] == 0
+    real = train.sandwich
+    monkeypatch.setattr(train, "sandwich", signal_at(0, signal.SIGTERM))
+    assert train.train_supernet(cfg)["exit_code"] == 143
+    monkeypatch.setattr(train, "sandwich", real)
     again = tiny_cfg(tmp_path, **small, **{"num_threads": 2, "train.log_every": 5, "data.eval_batch_size": 100})
     assert train.train_supernet(again, resume=True)["exit_code"] == 0
     assert "num_threads: 2" in (cfg.run_dir / "config.yaml").read_text()
+
+
+def test_resuming_a_finished_run_changes_nothing(straight: tuple[Config, dict],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, result = straight
+    run_dir = cfg.run_dir
+    # wandb/ is left out: the fixture's offline run may still be flushing it
+    files = lambda: {f: f.read_bytes() for f in run_dir.rglob("*") if f.is_file() and "wandb" not in f.parts}  # noqa
+    before = files()
+    stored = json.loads((run_dir / "metrics.json").read_text())
+    assert "val/largest/final" in stored
+    # wandb.mode and num_threads may change on resume; they would land in config.yaml if it were rewritten
+    again = train.train_supernet(tiny_cfg(Path(cfg.out_dir), "straight", num_threads=2), resume=True)
+    assert files() == before
+    assert again == {**stored, "exit_code": 0}
+    assert again["val/largest/final"] == result["val/largest/final"]
+    assert "already finished" in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
@@ -171,20 +220,43 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_nan_loss_stops_with_a_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_cfg(tmp_path, "nan", **{"train.epochs": 1})
-    real = train.inplace_distill_loss
+    real, real_sandwich, real_create = train.inplace_distill_loss, train.sandwich, train.create_supernet
     calls = {"n": 0}
+    seen: dict = {}
 
     def poisoned(student, teacher, temperature, kind):
         calls["n"] += 1  # two distilled members per step (smallest, random_0): call 8 = step 3's random_0
         out = real(student, teacher, temperature, kind)
         return out * float("nan") if calls["n"] == 8 else out
 
+    def create(cfg):
+        seen["model"] = real_create(cfg)
+        return seen["model"]
+
+    def sandwich(space, n_random, seed, step, **kw):
+        if step == 3:  # drawn before the step's forwards: the state the checkpoint must hold
+            seen["before"] = {k: v.clone() for k, v in seen["model"].state_dict().items()}
+        return real_sandwich(space, n_random, seed, step, **kw)
+
     monkeypatch.setattr(train, "inplace_distill_loss", poisoned)
-    with pytest.raises(RunError, match=r"step 3 .*'random_0'"):
+    monkeypatch.setattr(train, "create_supernet", create)
+    monkeypatch.setattr(train, "sandwich", sandwich)
+    with pytest.raises(RunError, match=r"step 3 .*'random_0'") as err:
         train.train_supernet(cfg)
     ckpt = train.load_checkpoint(cfg.run_dir / "last.pt", SearchSpace(cfg.space), cfg.train.kernel_transform)
     assert ckpt["step"] == 3 and ckpt["loader"]["pos"] == 3  # the failed step is not counted
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    # BN statistics included: the failed step's forwards had moved them
+    assert ckpt["model"].keys() == seen["before"].keys()
+    for k, v in seen["before"].items():
+        assert torch.equal(ckpt["model"][k], v), k
+    # the advice is a new run (a resume refuses another train.lr), and its command loads
+    text = str(err.value)
+    assert "new run" in text and "--resume keeps the recipe" in text
+    command = text.split("e.g. ", 1)[1].split()
+    assert command[:3] == ["nachos", "supernet", "--config"]
+    fresh = load_config(command[3], command[4:], device_type="cpu")
+    assert fresh.run_dir != cfg.run_dir and fresh.train.lr < cfg.train.lr
+    assert fresh.space == cfg.space and fresh.train.epochs == cfg.train.epochs
     monkeypatch.setattr(train, "inplace_distill_loss", real)
     assert train.train_supernet(cfg, resume=True)["step"] == STEPS_PER_EPOCH  # and it resumes from there
 
@@ -207,7 +279,7 @@ def test_non_finite_gradient_under_a_finite_loss_stops_with_a_good_checkpoint(
 
     monkeypatch.setattr(train, "sandwich", sandwich)
     monkeypatch.setattr(train, "create_supernet", create)
-    with pytest.raises(RunError, match=r"non-finite gradient norm at step 3 .*loss finite"):
+    with pytest.raises(RunError, match=r"non-finite gradient norm at step 3 .*loss finite.*train.warmup_epochs="):
         train.train_supernet(cfg)
     ckpt = train.load_checkpoint(cfg.run_dir / "last.pt", SearchSpace(cfg.space), cfg.train.kernel_transform)
     assert ckpt["step"] == 3 and ckpt["loader"]["pos"] == 3
@@ -255,6 +327,7 @@ def test_random_members_stay_within_the_mac_budget(tmp_path: Path) -> None:
     space = SearchSpace(tiny_cfg(tmp_path).space)
     table = MacTable(space, tiny_cfg(tmp_path).exits)
     macs = lambda arch: table.backbone_costs(arch)[-1]  # noqa: E731
+    assert not (tmp_path / "run" / "macs.json").exists()
     free = [train.sandwich(space, 1, seed=0, step=s)[2][1] for s in range(60)]
     budget = sorted(macs(a) for a in free)[len(free) // 3]  # a third of free draws fit
     accept = train.budget_filter(tiny_cfg(tmp_path, **{"train.random_max_macs": budget}), space)
@@ -265,7 +338,10 @@ def test_random_members_stay_within_the_mac_budget(tmp_path: Path) -> None:
     # the validated random subnet comes from the same region, in every seed
     assert all(macs(train.validation_subnets(space, seed, accept)["random"]) <= budget for seed in range(10))
     assert any(macs(train.validation_subnets(space, seed, None)["random"]) > budget for seed in range(10))
+    assert (tmp_path / "run" / "macs.json").is_file()  # the run's table, built on first use
     assert train.budget_filter(tiny_cfg(tmp_path), space) is None  # 0 = anywhere
+    given = train.budget_filter(tiny_cfg(tmp_path, **{"train.random_max_macs": budget}), space, table)
+    assert [given(a) for a in free] == [accept(a) for a in free]
     with pytest.raises(RunError, match="random_max_macs.*below the smallest"):
         train.budget_filter(tiny_cfg(tmp_path, **{"train.random_max_macs": macs(space.smallest()) - 1}), space)
 
@@ -325,7 +401,7 @@ def test_exit_costs_are_cumulative_and_match_ptflops(tmp_path: Path) -> None:
 
     cfg = tiny_cfg(tmp_path, "costs", **{"exits.criterion": "learned"})
     space = SearchSpace(cfg.space)
-    costs = train.ExitCosts(cfg, space)
+    costs = train.ExitCosts(space, train.shared_mac_table(cfg))
     big, small = costs(space.largest()), costs(space.smallest())
     assert len(big) == len(space.available_exits(space.largest())) + 1
     assert (big[1:] > big[:-1]).all() and (small[1:] > small[:-1]).all()
