@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -120,11 +120,17 @@ def _listing(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
 
 
-def _cifar10_in(root: Path) -> Source | None:
-    # The lossless pickles win over the lossy JPEG copy when a user has both.
+def _cifar10_pickles_in(root: Path) -> Source | None:
     for folder in (root / "cifar-10-batches-py", root):
         if (folder / "batches.meta").is_file() and (folder / "test_batch").is_file():
-            return Source("cifar10-pickle", folder, _listing(folder))
+            # only the dataset's own files: a root may also hold the cache (or anything else), and
+            # fingerprinting those would rebuild the cache on every load
+            files = (folder / "batches.meta", *sorted(folder.glob("data_batch_*")), folder / "test_batch")
+            return Source("cifar10-pickle", folder, files)
+    return None
+
+
+def _cifar10_tar_in(root: Path) -> Source | None:
     for tarball in (root / CIFAR10_TARBALL, root):
         if tarball.is_file() and tarball.name.endswith((".tar.gz", ".tgz", ".tar")):
             return Source("cifar10-tar", tarball, (tarball,))
@@ -166,7 +172,12 @@ def _imagefolder_source(cfg: Config) -> Source:
     return Source("imagefolder", root, _listing(root / "train") + _listing(root / "test"))
 
 
-_FINDERS = {"cifar10": _cifar10_in, "cifar100": _cifar100_in, "mnist": _mnist_in}
+# Each dataset's formats, best first. Every root is searched for one format before the next, so the
+# lossless CIFAR-10 pickles win over the lossy JPEG tarball in whichever roots each lies; searching
+# root by root let the shared tarball shadow pickles in data/. Without pickles nothing changes.
+_FINDERS = {"cifar10": (_cifar10_pickles_in, _cifar10_tar_in), "cifar100": (_cifar100_in,), "mnist": (_mnist_in,)}
+_KINDS = {"cifar10-pickle": "torchvision pickles, lossless", "cifar10-tar": "JPEG tarball, lossy",
+          "cifar100-pickle": "torchvision pickles", "mnist-idx": "idx files", "imagefolder": "image folders"}
 _EXPECTED = {
     "cifar10": f"{CIFAR10_TARBALL} (ImageFolder JPEGs) or torchvision's cifar-10-batches-py/",
     "cifar100": "torchvision's cifar-100-python/",
@@ -187,21 +198,30 @@ def _download(cfg: Config) -> None:
                        f"data there by hand ({_EXPECTED[cfg.data.name]})") from None
 
 
+def _first(finder: Callable[[Path], Source | None], roots: Sequence[Path]) -> Source | None:
+    return next((s for s in map(finder, roots) if s is not None), None)
+
+
 def find_source(cfg: Config) -> Source:
     """Locate the dataset's files, downloading them only when data.download allows it."""
     name = cfg.data.name
     if name == "imagefolder":
         return _imagefolder_source(cfg)
     roots = search_roots(cfg)
-    for attempt in range(2):
-        for root in roots:
-            source = _FINDERS[name](root)
-            if source is not None:
-                return source
-        if attempt == 0 and cfg.data.download:
-            _download(cfg)
-            continue
-        break
+    best, *fallbacks = _FINDERS[name]
+    if cfg.data.root and Path(cfg.data.root).expanduser().is_file():
+        # a file named by data.root is the user's explicit choice, whatever lies in the other roots
+        source = next((s for s in (f(roots[0]) for f in _FINDERS[name]) if s is not None), None)
+        if source is not None:
+            return source
+    source = _first(best, roots)
+    if source is None and cfg.data.download:  # download the best format rather than settle for a fallback
+        _download(cfg)
+        source = _first(best, roots)
+    for finder in fallbacks:
+        source = source or _first(finder, roots)
+    if source is not None:
+        return source
     places = "\n  ".join(str(r.resolve()) for r in roots)
     raise RunError(f"dataset {name} not found; looked for {_EXPECTED[name]} in:\n  {places}\n"
                    f"Provide it with data.root=<folder holding it>, or set data.download=true when online")
@@ -251,8 +271,17 @@ def _decode_image_tarball(path: Path, channels: int = 3) -> tuple:
         raise RunError(f"{path} must hold train/<class>/ and test/<class>/ images with the same classes")
     index = {c: i for i, c in enumerate(classes)}
     parts: dict[str, tuple[list[torch.Tensor], list[int]]] = {"train": ([], []), "test": ([], [])}
+    shape, first = None, ""
     for (split, cls, fname), data in tqdm(members, desc=f"decoding {path.name}", unit="img", mininterval=0.5):
-        parts[split][0].append(_decode_bytes(data, channels, f"{path}:{split}/{cls}/{fname}"))
+        where = f"{path}:{split}/{cls}/{fname}"
+        image = _decode_bytes(data, channels, where)
+        if shape is None:
+            shape, first = image.shape, where
+        elif image.shape != shape:
+            raise RunError(f"{where} is {image.shape[1]}x{image.shape[2]} but {first} is {shape[1]}x{shape[2]}; "
+                           "a tarball's images must share one size: resize them, or unpack the tarball and "
+                           "read it with data.name=imagefolder, which resizes to space.input_size")
+        parts[split][0].append(image)
         parts[split][1].append(index[cls])
     return (*_stack(*parts["train"]), *_stack(*parts["test"]), classes)
 
@@ -297,6 +326,9 @@ def read_idx(path: Path) -> torch.Tensor:
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise RunError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise RunError(f"{path} is truncated: its header promises {ndim} dimension sizes but the file has "
+                       f"{len(data)} bytes; replace it with a good copy")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(dims):
@@ -328,12 +360,26 @@ def _load_pil(path: Path, size: int, channels: int) -> torch.Tensor:
 def _decode_imagefolder(source: Source, size: int, channels: int) -> tuple:
     from torchvision.datasets.folder import find_classes, make_dataset
 
-    classes, class_to_idx = find_classes(str(source.path / "train"))
+    found = {}
+    for split in ("train", "test"):
+        try:
+            found[split] = find_classes(str(source.path / split))[0]
+        except FileNotFoundError:  # images straight in train/ or test/, with no class subfolders
+            raise RunError(f"imagefolder {source.path / split} has no class subfolders; put each class's "
+                           f"images in {source.path / split}/<class>/") from None
+    if found["train"] != found["test"]:
+        # a test class unknown to train would be dropped silently, a train class missing from test untested
+        only = {s: sorted(set(found[s]) - set(found[o])) for s, o in (("train", "test"), ("test", "train"))}
+        raise RunError(f"imagefolder {source.path}: train/ and test/ must hold the same class folders; only in "
+                       f"train/: {only['train'] or 'none'}, only in test/: {only['test'] or 'none'}. "
+                       "Add or remove class folders until they match")
+    classes = found["train"]
+    class_to_idx = {c: i for i, c in enumerate(classes)}
     split_lists = {}
     for split in ("train", "test"):
         try:
             split_lists[split] = make_dataset(str(source.path / split), class_to_idx, extensions=IMAGE_SUFFIXES)
-        except FileNotFoundError as err:  # a class folder with no images, or test classes unknown to train
+        except FileNotFoundError as err:  # a class folder with no images
             raise RunError(f"imagefolder {source.path}/{split}: {err}") from None
     out: list[Any] = []
     for split in ("train", "test"):
@@ -369,6 +415,9 @@ def decode_source(source: Source, cfg: Config) -> Dataset:
     else:
         parts = _decode_imagefolder(source, cfg.space.input_size, cfg.space.in_channels)
     train_x, train_y, test_x, test_y, classes = parts
+    # Over the whole train part, validation images included, on purpose: these are unlabelled pixel
+    # means, 1e-4 from train-only ones (CIFAR-10: 0.49125, 0.48209, 0.44652 vs 0.49120, 0.48204, 0.44640),
+    # and every trained network's normalisation depends on them, so they stay as they are.
     mean, std = channel_stats(train_x)
     return Dataset(train_x.contiguous(), train_y, test_x.contiguous(), test_y, list(classes), mean, std)
 
@@ -429,6 +478,8 @@ def _write_cache(path: Path, key: str, data: Dataset) -> None:
 def load_dataset(cfg: Config) -> Dataset:
     """The whole source dataset (train and test as shipped), from the cache or decoded into it."""
     source = find_source(cfg)
+    # said on every load: which copy a run read is otherwise invisible, and pickles and tarball differ
+    print(f"note: {cfg.data.name} from {source.path} ({_KINDS[source.kind]})", file=sys.stderr)
     key = fingerprint(source, cfg)
     path = cache_path(source, cfg)
     cached = _read_cache(path, key)
@@ -609,15 +660,13 @@ class TensorLoader:
     def _draw(self, high: int, n: int) -> torch.Tensor:
         return torch.randint(0, high, (n,), generator=self._gen).to(self.device, non_blocking=True)
 
-    def _random_crops(self, index: torch.Tensor | slice) -> torch.Tensor:
+    def _random_crops(self, index: torch.Tensor) -> torch.Tensor:
         c, h, w = self.image_shape
         xp = self._x
         positions = 2 * self.crop_padding + 1
         # View of every (image, dy, dx) crop; advanced indexing then copies just the chosen ones.
         windows = xp.as_strided((xp.shape[0], positions, positions, c, h, w),
                                 (xp.stride(0), xp.stride(2), xp.stride(3), xp.stride(1), xp.stride(2), xp.stride(3)))
-        if isinstance(index, slice):
-            index = torch.arange(index.start, index.stop, device=self.device)
         n = len(index)
         return windows[index, self._draw(positions, n), self._draw(positions, n)]
 

@@ -31,3 +31,20 @@ def test_several_export_folders_resolve_in_order_each_once() -> None:
     resolve = lambda d: found["run" if d is None else d]  # noqa: E731
     assert each_export_dir(None, resolve) == each_export_dir([], resolve) == [Path("r/1"), Path("r/2")]
     assert each_export_dir(["a", "b"], resolve) == [Path("r/2"), Path("r/3"), Path("r/1")]
+
+
+def test_every_command_resolves_and_a_renamed_function_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from nachos import cli
+
+    for name, cmd in COMMANDS.items():
+        assert callable(cli._resolve(cmd.target)), name
+    # a target whose function was renamed away must raise, not pass for a stage still to be written
+    gone = dataclasses.replace(COMMANDS["data"], target="nachos.data:renamed_away")
+    monkeypatch.setitem(COMMANDS, "data", gone)
+    with pytest.raises(AttributeError, match="renamed_away"):
+        main(["data", "--config", "configs/tiny.yaml", "wandb.mode=disabled"])
+    monkeypatch.setitem(COMMANDS, "data", dataclasses.replace(gone, target="nachos.moved_away:prepare_command"))
+    with pytest.raises(ModuleNotFoundError, match="moved_away"):
+        main(["data", "--config", "configs/tiny.yaml", "wandb.mode=disabled"])

@@ -2,7 +2,10 @@
 seeded, and the on-device loader augments whole batches and resumes exactly."""
 from __future__ import annotations
 
+import io
 import pickle
+import random
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +128,13 @@ def test_mnist_idx_files():
     assert ds.mean[0] == pytest.approx(0.1307, abs=1e-4) and ds.std[0] == pytest.approx(0.3081, abs=1e-4)
 
 
+def test_truncated_idx_header_is_named(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big"))  # cut inside the dimension sizes
+    with pytest.raises(RunError, match=r"train-images-idx3-ubyte is truncated.*replace it"):
+        data.read_idx(path)
+
+
 def test_corrupt_or_truncated_cache_is_rebuilt(tmp_path, monkeypatch):
     cfg = mnist_cfg(**{"data.cache_dir": str(tmp_path / "cache")})
     counter = DecodeCounter(monkeypatch)
@@ -185,26 +195,145 @@ def test_changed_source_rebuilds_cache(folder, tmp_path, monkeypatch):
     assert counter.calls == 2
 
 
+def test_imagefolder_class_lists_must_match(folder, tmp_path):
+    write_image(folder / "test" / "bird" / "0.png", (0, 255, 0))
+    with pytest.raises(RunError, match=r"same class folders; only in train/: none, only in test/: \['bird'\]"):
+        load_dataset(folder_cfg(folder, tmp_path))
+    for path in (folder / "test" / "bird").iterdir():
+        path.unlink()
+    (folder / "test" / "bird").rmdir()
+    for path in (folder / "test" / "dog").iterdir():
+        path.unlink()
+    (folder / "test" / "dog").rmdir()
+    with pytest.raises(RunError, match=r"only in train/: \['dog'\], only in test/: none"):
+        load_dataset(folder_cfg(folder, tmp_path))
+
+
+def test_imagefolder_without_class_subfolders_says_so(tmp_path):
+    root = tmp_path / "flat"
+    for split in ("train", "test"):
+        write_image(root / split / "0.png", (255, 0, 0))
+    with pytest.raises(RunError, match=r"train has no class subfolders; put each class's images in .*train/<class>/"):
+        load_dataset(folder_cfg(root, tmp_path))
+
+
 def test_unreadable_image_is_named(folder, tmp_path):
     (folder / "train" / "cat" / "broken.jpg").write_bytes(b"this is not a JPEG")
     with pytest.raises(RunError, match="broken.jpg"):
         load_dataset(folder_cfg(folder, tmp_path))
 
 
-def test_cifar10_pickle_folder_is_read(tmp_path):
-    root = tmp_path / "cifar-10-batches-py"
-    root.mkdir()
+def write_cifar10_pickles(root: Path) -> dict[str, np.ndarray]:
+    """torchvision's cifar-10-batches-py files, two random images (labels 1 and 7) in each batch."""
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    names = [f"c{i}" for i in range(10)]
     with open(root / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": names}, fh)
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh)
     rows = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         rows[name] = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
         with open(root / name, "wb") as fh:
             pickle.dump({"data": rows[name], "labels": [1, 7]}, fh)
+    return rows
+
+
+def write_cifar_tarball(path: Path, colors: dict[str, tuple[int, int, int]], per_split: dict[str, int],
+                        odd_size: str = "") -> None:
+    """A tarball laid out as the shared cifar10-jpg.tar.gz: 'train/', 'train/<class>/', then
+    'train/<class>/NNNN.jpg' (and test/ alike), one solid colour per class, members in shuffled order
+    (the decoder must not rely on tar order). The member named ``odd_size`` is 40x40, the rest 32x32."""
+    entries = []
+    for split, count in per_split.items():
+        entries.append((f"{split}/", None))
+        for cls, color in colors.items():
+            entries.append((f"{split}/{cls}/", None))
+            for i in range(count):
+                name = f"{split}/{cls}/{i:04d}.jpg"
+                buf = io.BytesIO()
+                Image.new("RGB", (40, 40) if name == odd_size else (32, 32), color).save(buf, "JPEG", quality=75)
+                entries.append((name, buf.getvalue()))
+    random.Random(0).shuffle(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in entries:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if blob is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+
+
+@pytest.fixture()
+def fake_repo(tmp_path, monkeypatch) -> Path:
+    """A repo at tmp_path/repo with empty data/ and ../shared/datasets/, so that no real copy is found."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "datasets").mkdir(parents=True)
+    monkeypatch.setattr(data, "REPO", repo)
+    monkeypatch.chdir(repo)
+    return repo
+
+
+COLORS = {"bird": (230, 20, 20), "cat": (20, 230, 20), "deer": (20, 20, 230), "frog": (230, 230, 20)}
+
+
+def test_cifar10_tarball_images_carry_their_class_labels(fake_repo, tmp_path):
+    write_cifar_tarball(tmp_path / "src" / data.CIFAR10_TARBALL, COLORS, {"train": 3, "test": 2})
+    ds = load_dataset(make_cfg(**{"data.root": str(tmp_path / "src"), "data.cache_dir": str(tmp_path / "c")}))
+    assert ds.cache_path.parent == tmp_path / "c"  # decoded here, not read from a shared cache
+    assert ds.classes == sorted(COLORS)
+    assert ds.train_x.shape == (12, 3, 32, 32) and ds.test_x.shape == (8, 3, 32, 32)
+    assert torch.bincount(ds.train_y).tolist() == [3] * 4 and torch.bincount(ds.test_y).tolist() == [2] * 4
+    for x, y in ((ds.train_x, ds.train_y), (ds.test_x, ds.test_y)):
+        for image, label in zip(x, y):
+            expected = torch.tensor(COLORS[ds.classes[label]], dtype=torch.float32)
+            assert (image.float().mean(dim=(1, 2)) - expected).abs().max() < 8, (ds.classes[label], image[:, 0, 0])
+
+
+def test_tarball_of_mixed_image_sizes_names_the_odd_image(fake_repo, tmp_path):
+    write_cifar_tarball(tmp_path / data.CIFAR10_TARBALL, COLORS, {"train": 2, "test": 1}, odd_size="train/cat/0001.jpg")
+    with pytest.raises(RunError, match=r"train/cat/0001\.jpg is 40x40 but .* is 32x32.*data\.name=imagefolder"):
+        load_dataset(make_cfg(**{"data.root": str(tmp_path), "data.cache_dir": str(tmp_path / "c")}))
+
+
+def test_cifar10_pickles_in_any_root_win_over_the_tarball(fake_repo, tmp_path, monkeypatch, capsys):
+    tarball = tmp_path / "shared" / "datasets" / data.CIFAR10_TARBALL
+    write_cifar_tarball(tarball, COLORS, {"train": 1, "test": 1})
+    cfg = make_cfg(**{"data.cache_dir": str(tmp_path / "c")})
+    # no pickles anywhere: the shared tarball, as every run so far read it
+    assert data.find_source(cfg).path == tarball
+    assert len(load_dataset(cfg).train_y) == 4
+    assert f"cifar10 from {tarball} (JPEG tarball, lossy)" in capsys.readouterr().err
+    # data.download=true fetches the lossless pickles instead of settling for the tarball
+    pickles = fake_repo / "data" / "cifar-10-batches-py"
+    monkeypatch.setattr(data, "_download", lambda c: write_cifar10_pickles(pickles))
+    assert data.find_source(make_cfg(**{"data.download": True})).path == pickles
+    # once there, the pickles in data/ win over the tarball of a root searched before data/
+    monkeypatch.setattr(data, "_download", lambda c: pytest.fail("downloaded although pickles exist"))
+    source = data.find_source(make_cfg(**{"data.download": True}))
+    assert source.kind == "cifar10-pickle" and source.path == pickles
+    assert len(load_dataset(cfg).train_y) == 10
+    assert f"cifar10 from {pickles} (torchvision pickles, lossless)" in capsys.readouterr().err
+    # a tarball named by data.root is the user's explicit choice
+    assert data.find_source(make_cfg(**{"data.root": str(tarball)})).path == tarball
+
+
+def test_cifar10_pickles_beside_their_cache_are_decoded_once(tmp_path, monkeypatch):
+    write_cifar10_pickles(tmp_path)  # straight in data.root, which also holds the cache folder
+    counter = DecodeCounter(monkeypatch)
+    cfg = make_cfg(**{"data.root": str(tmp_path), "data.cache_dir": str(tmp_path / "cache")})
+    for _ in range(3):
+        assert len(load_dataset(cfg).train_y) == 10
+    assert counter.calls == 1
+
+
+def test_cifar10_pickle_folder_is_read(tmp_path):
+    rows = write_cifar10_pickles(tmp_path / "cifar-10-batches-py")
     ds = load_dataset(make_cfg(**{"data.root": str(tmp_path), "data.cache_dir": str(tmp_path / "c")}))
-    assert ds.classes == names and ds.train_x.shape == (10, 3, 32, 32) and ds.test_x.shape == (2, 3, 32, 32)
+    assert ds.classes == [f"c{i}" for i in range(10)]
+    assert ds.train_x.shape == (10, 3, 32, 32) and ds.test_x.shape == (2, 3, 32, 32)
     # Rows are R, G and B planes of 32x32 each.
     assert torch.equal(ds.train_x[0, 1], torch.from_numpy(rows["data_batch_1"][0, 1024:2048].reshape(32, 32)))
     assert ds.train_y.tolist() == [1, 7] * 5
@@ -302,6 +431,17 @@ def test_cutout_blanks_one_square_to_the_mean(images):
     assert torch.equal(to_uint8(x)[~blank], images[y][~blank])
 
 
+def test_cutout_centres_vary_on_both_axes_independently():
+    many = torch.randint(0, 256, (256, C, H, W), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    x, _ = next(iter(loader(many, batch_size=256, train=True, cutout=4)))
+    blank = (x == 0).all(dim=1)
+    corners = [(int(b.any(1).nonzero()[0]), int(b.any(0).nonzero()[0])) for b in blank]
+    rows, cols = {r for r, _ in corners}, {c for _, c in corners}
+    assert len(rows) > 2 and len(cols) > 2
+    # one axis drawn from the other (a diagonal, say) would give no more pairs than values of an axis
+    assert len(set(corners)) > 2 * max(len(rows), len(cols))
+
+
 def test_same_seed_same_batches_other_seed_differs(images):
     first = next(iter(loader(images, train=True, seed=5, crop_padding=2, hflip=True)))
     again = next(iter(loader(images, train=True, seed=5, crop_padding=2, hflip=True)))
@@ -332,9 +472,18 @@ def test_state_for_other_data_is_refused(images):
         loader(images[:20], train=True).load_state_dict(state)
 
 
-def test_make_loader_uses_config_batch_sizes_and_dataset_stats(images):
+def test_make_loader_uses_config_batch_sizes_and_dataset_stats(images, monkeypatch):
     cfg = make_cfg(**{"data.batch_size": 8, "data.eval_batch_size": 32})
     train = make_loader(cfg, images, torch.arange(N), "cpu", train=True, seed=0, mean=MEAN, std=STD)
     evl = make_loader(cfg, images, torch.arange(N), "cpu", train=False, seed=0, mean=MEAN, std=STD)
     assert len(train) == 5 and len(evl) == 2
     assert train.crop_padding == 4 and train.hflip and evl.crop_padding == 0 and not evl.hflip
+    expected = (images.float() / 255 - torch.tensor(MEAN).view(1, -1, 1, 1)) / torch.tensor(STD).view(1, -1, 1, 1)
+    assert torch.allclose(torch.cat([x for x, _ in evl]), expected, atol=1e-5)
+    # without mean / std, the dataset's own statistics
+    stats = data.Dataset(images, torch.arange(N), images, torch.arange(N), ["a"], (0.2, 0.4, 0.6), (0.1, 0.2, 0.3))
+    monkeypatch.setattr(data, "load_dataset", lambda c: stats)
+    expected = (images.float() / 255 - torch.tensor(stats.mean).view(1, -1, 1, 1)) / torch.tensor(stats.std).view(
+        1, -1, 1, 1)
+    x = torch.cat([x for x, _ in make_loader(cfg, images, torch.arange(N), "cpu", train=False, seed=0)])
+    assert torch.allclose(x, expected, atol=1e-5)

@@ -175,29 +175,62 @@ def test_disabled_tracker_writes_nothing(tmp_path):
     assert not tracker.enabled and not (tmp_path / "run").exists()
 
 
-def _history_record(value: float) -> bytes:
+def _history_record(value: float, pad: int = 0) -> bytes:
     from wandb.proto import wandb_internal_pb2
 
     rec = wandb_internal_pb2.Record()
     item = rec.history.item.add()
     item.key, item.value_json = "train/loss", str(value)
+    if pad:  # a long logged string makes the record as large as a test needs
+        filler = rec.history.item.add()
+        filler.key, filler.value_json = "pad", '"' + "x" * pad + '"'
     return rec.SerializeToString()
+
+
+def _leveldb_log(payloads: list[bytes]) -> tuple[bytes, list[int]]:
+    """A .wandb file as wandb-core writes it, and where each record ends: a 7-byte header, then 32 KiB
+    blocks of chunks (crc, unchecked here; length; type 1 FULL, 2 FIRST, 3 MIDDLE, 4 LAST; payload). A
+    record too long for its block goes on in the next; a block's tail too short for a chunk header is
+    zero padding."""
+    block, out, ends = 32768, bytearray(b":W&B\x00\x00\x00"), []
+    for payload in payloads:
+        rest, first = payload, True
+        while True:
+            room = block - len(out) % block
+            if room < 7:
+                out += bytes(room)
+                continue
+            n = min(len(rest), room - 7)
+            last = n == len(rest)
+            kind = (1 if last else 2) if first else (4 if last else 3)
+            out += b"\xa5\x5a\xc3\x3c" + n.to_bytes(2, "little") + bytes([kind]) + rest[:n]
+            rest, first = rest[n:], False
+            if last:
+                break
+        ends.append(len(out))
+    return bytes(out), ends
 
 
 def test_offline_history_reader_skips_a_record_still_being_written(tmp_path):
     # wandb-core appends from its own process: a reader racing it sees the file cut anywhere.
-    # Each record is one FULL chunk: crc (unchecked here), length, type 1, payload.
-    payloads = [_history_record(v) for v in (1.0, 0.5, 0.25)]
-    data = b":W&B\x00\x00\x00" + b"".join(
-        b"\x00" * 4 + len(p).to_bytes(2, "little") + b"\x01" + p for p in payloads)
-    ends = [7 + sum(7 + len(p) for p in payloads[:i + 1]) for i in range(len(payloads))]
+    block, values = 32768, (1.0, 0.5, 0.25, 0.125)
+    first = _history_record(values[0])
+    # the second record ends 3 bytes before the first block does, so the next record starts after padding
+    room = block - 3 - (7 + 7 + len(first)) - 7
+    second = next(r for r in map(lambda pad: _history_record(values[1], pad), range(room - 60, room))
+                  if len(r) == room)
+    # the third spans three blocks: FIRST, MIDDLE and LAST chunks
+    payloads = [first, second, _history_record(values[2], pad=2 * block + 1000), _history_record(values[3])]
+    data, ends = _leveldb_log(payloads)
+    assert ends[1] == block - 3 and ends[2] > 3 * block
     run = tmp_path / "offline-run"
     run.mkdir()
-    for cut in range(7, len(data) + 1):
+    near = {e + d for e in ends + [k * block for k in range(1, 4)] for d in range(-8, 9)}
+    for cut in sorted({c for c in near | set(range(7, len(data), 997)) if 7 <= c <= len(data)} | {len(data)}):
         (run / "run-x.wandb").write_bytes(data[:cut])
         rows = read_offline_history(run)
         whole = sum(end <= cut for end in ends)
-        assert [r["train/loss"] for r in rows] == [1.0, 0.5, 0.25][:whole], cut
+        assert [r["train/loss"] for r in rows] == list(values[:whole]), cut
 
 
 def _folder(path: Path, text: str) -> Path:
