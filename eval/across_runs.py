@@ -230,6 +230,58 @@ def scratch_accuracies(runs: list[RunData]) -> tuple[int | None, dict[str, list[
     return epochs, {a: list(seeds.values()) for a, seeds in by_epochs[epochs].items()}
 
 
+def length_lines(runs: list[RunData]) -> list[str]:
+    """Static networks trained from scratch at several lengths in ``runs`` (one per arch, length and
+    seed): the mean test and validation accuracy of each at each length, the gap to the network that
+    is best at the longest, and how many pairs each length orders as the longest does. A short
+    training that ranks networks as a long one does could stand in for it (to re-score a search's
+    front); one that does not shows why a supernet's short effective training misranks them. Empty
+    unless two networks were each trained at two lengths or more."""
+    acc: dict[str, dict[int, dict[Any, tuple[float, float]]]] = {}
+    macs: dict[str, float] = {}
+    for run in runs:
+        for b in from_scratch(run):
+            if isinstance(b.get("epochs"), int) and b.get("arch_str") and b.get("val_accuracy") is not None:
+                acc.setdefault(b["arch_str"], {}).setdefault(b["epochs"], {}).setdefault(
+                    baseline_seed(run, b), (b["test_accuracy"], b["val_accuracy"]))
+                macs[b["arch_str"]] = b["macs"]
+    archs = [a for a, by_len in acc.items() if len(by_len) >= 2]
+    lengths = sorted({e for a in archs for e in acc[a]})
+    if len(archs) < 2:
+        return []
+    longest = lengths[-1]
+
+    def mean(a: str, e: int, which: int) -> float | None:
+        vals = [v[which] for v in acc[a].get(e, {}).values()]
+        return float(np.mean(vals)) if vals else None
+
+    at_longest = [a for a in archs if mean(a, longest, 0) is not None]
+    archs.sort(key=lambda a: (-(mean(a, longest, 0) or -1.0), macs[a]))
+    ref = archs[0]
+    out: list[str] = []
+    for which, split in ((0, "test"), (1, "validation")):
+        rows = []
+        for a in archs:
+            cells = []
+            for e in lengths:
+                m, r = mean(a, e, which), mean(ref, e, which)
+                n = len(acc[a].get(e, {}))
+                cells.append("-" if m is None else pct(m) + ("" if a == ref or r is None else f" ({points(m - r)})")
+                             + f", n={n}")
+            rows.append([f"`{a}`" + (" (ref)" if a == ref else ""), mmacs(macs[a])] + cells)
+        agree_row = []
+        for e in lengths:
+            pairs = [(a, b) for a, b in itertools.combinations(at_longest, 2)
+                     if mean(a, e, which) is not None and mean(b, e, which) is not None]
+            agree = sum((mean(a, e, which) - mean(b, e, which)) * (mean(a, longest, 0) - mean(b, longest, 0)) > 0
+                        for a, b in pairs)
+            agree_row.append(f"{agree} of {len(pairs)}" if pairs else "-")
+        rows.append([f"pairs ordered as on test at {longest} epochs", ""] + agree_row)
+        out += [f"{split.capitalize()} accuracy (mean over seeds; gaps to the first network at the same length):",
+                ""] + table(["network", "MACs"] + [f"{e} epochs" for e in lengths], rows) + [""]
+    return out[:-1]
+
+
 def ranking_lines(runs: list[RunData]) -> list[str]:
     """Each supernet's inherited final-classifier accuracy of the backbones also trained from scratch,
     columns in from-scratch order (best first) with the gap to the first: a supernet that ranks them
