@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from eval.analysis import (best_een_within, evaluated, exit_ablation_test, like_for_like, operating_row,
-                           savings_goal_met, short_of_static)
+                           savings_goal_met, short_of_static, static_of)
 from eval.formatting import mean_sd, mmacs, override, pct, points, table
-from eval.run_folder import Export, RunData, copied_from, from_note, from_scratch
+from eval.run_folder import Export, RunData, baseline_seed, copied_from, from_note, from_scratch
 from nachos.config import config_to_dict
 
 
@@ -74,19 +74,6 @@ def recipe_key(run: RunData) -> str:
     return json.dumps({k: saved.get(k) for k in RECIPE_SECTIONS}, sort_keys=True, default=str)
 
 
-def baseline_seed(run: RunData, b: dict[str, Any]) -> Any:
-    """The seed static network ``b`` was trained with (a copy from another run keeps that run's recipe)."""
-    return (b.get("recipe") or {}).get("seed", run.cfg.seed)
-
-
-def seed_static(run: RunData, arch_key: str | None) -> dict[str, Any] | None:
-    """``static_of`` among the static networks trained with the run's seed: a copy of another seed's
-    would have two seeds' rows share one draw, and their spread understate the seeds'."""
-    held = [b for b in run.baselines if arch_key and b.get("arch_key") == arch_key and like_for_like(run, b)
-            and baseline_seed(run, b) == run.cfg.seed]
-    return max(held, key=lambda b: b["test_accuracy"]) if held else None
-
-
 def seed_repeats(runs: list[RunData]) -> list[tuple[str, list[tuple[RunData, Export]]]]:
     """(export id, [(run, export), ...]) for each evaluated export id that at least two runs of one
     recipe with different seeds hold, in the order the runs were given, one per seed (the first:
@@ -104,9 +91,9 @@ def seed_repeats(runs: list[RunData]) -> list[tuple[str, list[tuple[RunData, Exp
 def repeat_row(run: RunData, e: Export, ablation: list[dict[str, Any]]) -> dict[str, Any]:
     """Goal 3 read off one export (``ablation``: the run's ``exit_ablation_test``): its operating
     point chosen on validation (``operating_row``), judged on test against the better of its final
-    classifier and the static network that seed trained (``seed_static``)."""
+    classifier and the static network that seed trained (``static_of(own_seed=True)``)."""
     rows = [r for r in ablation if r["id"] == e.id]
-    static = seed_static(run, e.manifest.get("arch_key"))
+    static = static_of(run, e.manifest.get("arch_key"), own_seed=True)
     op = operating_row(rows)
     if op is not None:
         ref = op["alone"] if static is None else max(op["alone"], float(static["test_accuracy"]))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from eval.formatting import mmacs, pct, points
-from eval.run_folder import Export, Record, RunData, from_scratch, static_under
+from eval.run_folder import Export, Record, RunData, baseline_seed, from_scratch, static_under
 
 
 GOAL_ACCURACY = 0.85
@@ -113,10 +113,12 @@ def exit_ablation_val(run: RunData) -> list[dict[str, Any]]:
     return rows
 
 
-def static_of(run: RunData, arch_key: str | None) -> dict[str, Any] | None:
+def static_of(run: RunData, arch_key: str | None, own_seed: bool = False) -> dict[str, Any] | None:
     """The like-for-like static network of ``arch_key`` (no exits, trained alone); the most
-    accurate when it was trained for several lengths."""
-    held = [b for b in run.baselines if arch_key and b.get("arch_key") == arch_key and like_for_like(run, b)]
+    accurate when it was trained for several lengths. ``own_seed``: only one the run's seed trained
+    (for tables across seeds: a copy of another seed's would have two rows share one draw)."""
+    held = [b for b in run.baselines if arch_key and b.get("arch_key") == arch_key and like_for_like(run, b)
+            and (not own_seed or baseline_seed(run, b) == run.cfg.seed)]
     return max(held, key=lambda b: b["test_accuracy"]) if held else None
 
 
@@ -273,24 +275,27 @@ def goal_accuracy(run: RunData) -> Goal:
     return Goal(text, "missed", f"by {100 * (GOAL_ACCURACY - acc):.2f} points; best {where}")
 
 
-def rival_epochs(run: RunData) -> int:
-    """Epochs a static baseline needs to rival the run's EENs: the most that any EEN's backbone trained,
-    added up along its lineage as ``no_exit_control`` adds up a control's. The supernet's epochs plus
-    any fine-tuning from its weights; a retrained EEN's own alone (``export.finetune_init=scratch``,
-    often from a 1-epoch vehicle supernet: it owes nothing to the supernet's training); exits on a
-    static network's frozen backbone, that network's epochs (at least the supernet's, as ``nachos
-    finetune`` asks) plus any joint fine-tuning after (training the heads alone leaves the backbone)."""
+def lineage_epochs(run: RunData, e: Export) -> int:
+    """Epochs export ``e``'s backbone trained, added up along its lineage as ``no_exit_control`` adds up a
+    control's: the supernet's epochs plus any fine-tuning from its weights; a retrained EEN's own alone
+    (``export.finetune_init=scratch``, often from a 1-epoch vehicle supernet: it owes nothing to the
+    supernet's training); exits on a static network's frozen backbone, that network's epochs (at least the
+    supernet's, as ``nachos finetune`` asks) plus any joint fine-tuning after (training the heads alone
+    leaves the backbone)."""
     sup = run.cfg.train.epochs
-    epochs = [sup]
-    for e in evaluated(run):
-        ft = e.manifest.get("finetune") or {}
-        own = int(ft.get("epochs", 0)) if e.training in ("inherited", "scratch", "static+joint") else 0
-        under = 0 if e.training == "scratch" else sup
-        if e.training in ("static", "static+joint"):
-            static = static_under(run, e)
-            under = max(sup, int(static["epochs"]) if static else 0)
-        epochs.append(under + own)
-    return max(epochs)
+    ft = e.manifest.get("finetune") or {}
+    own = int(ft.get("epochs", 0)) if e.training in ("inherited", "scratch", "static+joint") else 0
+    under = 0 if e.training == "scratch" else sup
+    if e.training in ("static", "static+joint"):
+        static = static_under(run, e)
+        under = max(sup, int(static["epochs"]) if static else 0)
+    return under + own
+
+
+def rival_epochs(run: RunData) -> int:
+    """Epochs a static baseline needs to rival the run's EENs: the most that any EEN's backbone trained
+    (``lineage_epochs``), at least the supernet's."""
+    return max([run.cfg.train.epochs] + [lineage_epochs(run, e) for e in evaluated(run)])
 
 
 def rival_problem(run: RunData, baseline: dict[str, Any]) -> str | None:
@@ -315,13 +320,19 @@ def short_of_static(run: RunData, e: Export) -> bool:
     static network of its backbone: say, a 1-epoch supernet used only to write an export for
     `nachos finetune`; such weights say nothing about goal 3. Against the shortest such network
     trained like for like (one trained as long as the supernet makes the export a fair match, however
-    many longer ones there are), or, with none, against the epochs one would need (``rival_epochs``):
-    a barely trained export's own final classifier is as poor as its exits, so it alone cannot tell."""
+    many longer ones there are), or, with none, against the longest EEN of the run that does not build
+    on the supernet's weights (retrained from scratch, or exits on a static network): a barely trained
+    export's own final classifier is as poor as its exits, so it alone cannot tell, while a longer
+    fine-tune from the supernet's weights says nothing of how long the supernet itself trained."""
     if e.finetuned:
         return False
     key = e.manifest.get("arch_key")
     held = [int(b["epochs"]) for b in run.baselines if key and b.get("arch_key") == key and like_for_like(run, b)]
-    return run.cfg.train.epochs < (min(held) if held else rival_epochs(run))
+    if held:
+        return run.cfg.train.epochs < min(held)
+    independent = [lineage_epochs(run, x) for x in evaluated(run)
+                   if x.training in ("scratch", "static", "static+joint")]
+    return run.cfg.train.epochs < max(independent, default=0)
 
 
 def een_points(e: Export) -> list[dict[str, Any]]:

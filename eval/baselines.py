@@ -451,8 +451,10 @@ def add_origin(path: Path, result: dict[str, Any], origin: dict[str, Any]) -> di
     chose the finished network first: the front, matched and scored modes tag one backbone alike, and
     the report's kind column and commands would otherwise name the first mode only. Origins are told
     apart by kind (and export); a later one of a kind already held adds nothing."""
+    from eval.run_folder import origins  # the report's layers sit on top of this module
+
     first = result.get("origin") or {}
-    held = [first, *first.get("also", [])]
+    held = origins(result)
     if any((o.get("kind"), o.get("export")) == (origin.get("kind"), origin.get("export")) for o in held):
         return result
     merged = dict(result, origin=dict(first, also=[*first.get("also", []), origin]) if first else origin)

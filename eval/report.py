@@ -33,8 +33,8 @@ from eval.analysis import (GOAL_MAX_LOSS, Goal, algorithm_ablation, baseline_com
                            rank_correlation, rival_problem, threshold_ablation)
 from eval.formatting import duration, mmacs, n_of, pct, points, table
 from eval.plots import TRAINING_LABEL, plot_run
-from eval.run_folder import (Export, RunData, copied_from, from_scratch, load_run, pinned_overrides, read_json,
-                             search_overrides, supernet_wall_time)
+from eval.run_folder import (Export, RunData, copied_from, from_scratch, load_run, origins, pinned_overrides,
+                             read_json, search_overrides, supernet_wall_time)
 from nachos.config import Config
 from nachos.runtime import RunError, atomic_write_text, ensure_dir
 from search.report import PUBLISHED_CIFAR10
@@ -140,12 +140,6 @@ def setup_lines(run: RunData) -> list[str]:
     lines += baseline_commands(run, base)
     lines += [f"nachos report {base}", "```"]
     return lines
-
-
-def origins(b: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each way of choosing networks that picked baseline ``b`` (``eval.baselines.add_origin``), first first."""
-    first = b.get("origin") or {}
-    return [first, *first.get("also", [])]
 
 
 def baseline_commands(run: RunData, base: str) -> list[str]:
@@ -312,11 +306,11 @@ def cost_lines(run: RunData) -> list[str]:
     wall = supernet_wall_time(run.dir, run.metrics)
     epochs = (run.metrics or {}).get("epochs")
     lines = []
+    members = 2 + c.train.n_random
+    e = epochs if epochs is not None else c.train.epochs
     if run.metrics is None and not (run.dir / "last.pt").is_file():
         lines.append("- Supernet: not run (no `metrics.json` / `last.pt`).")
     else:
-        members = 2 + c.train.n_random
-        e = epochs if epochs is not None else c.train.epochs
         lines.append(f"- Supernet training: {duration(wall['seconds'])} ({wall['source']}); {n_of(e, 'epoch')} x "
                      f"{members} subnets per step = {e * members} subnet-epochs"
                      + ("" if run.metrics is not None else " (unfinished: no metrics.json)") + ".")
@@ -349,7 +343,7 @@ def cost_lines(run: RunData) -> list[str]:
     ref = REFERENCE_CANDIDATES * REFERENCE_EPOCHS
     ours = ""
     if run.metrics is not None and s:  # without a search there is nothing to set against the reference's
-        sup = (epochs or c.train.epochs) * (2 + c.train.n_random)
+        sup = e * members
         total = sup + ft_epochs
         ours = (f"; ours: {sup} subnet-epochs for the supernet"
                 + (f" + {ft_epochs} network-epochs of fine-tuning / retraining the reported EENs = {total}"

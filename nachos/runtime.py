@@ -124,13 +124,19 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 def replace_dir(staging: str | Path, dest: str | Path) -> Path:
     """Swap the finished folder ``staging`` in as ``dest``. The old ``dest`` is moved aside (beside
     ``staging``, where readers of ``dest``'s folder do not look) before the swap and deleted after it,
-    so a kill at any point leaves a complete copy instead of neither."""
+    so a kill at any point leaves a complete copy instead of neither (an interrupted swap puts the old
+    one back)."""
     staging, dest = Path(staging), Path(dest)
     old = staging.with_name(staging.name + ".old")
     if dest.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
-    os.replace(staging, dest)
+    try:
+        os.replace(staging, dest)
+    except BaseException:  # Ctrl-C or a failed rename: the old copy goes back where its readers look
+        if old.exists() and not dest.exists():
+            os.replace(old, dest)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     return dest
 

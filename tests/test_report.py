@@ -486,6 +486,13 @@ def test_savings_goal_leaves_out_a_barely_trained_supernets_exports() -> None:
     run.cfg.train.epochs = 80
     g = goal_savings(run)
     assert g.status == "missed" and "x (within" in g.detail and "left out" not in g.detail
+    # no static network, and the longer EEN is tuned from the supernet's own weights: nothing says the
+    # supernet trained too short, so its export is judged (its 81.4% final classifier is no junk)
+    tuned = _goal3_export("x-ft10", 0.82, 0.8144, 1.95e6, {"init": "inherited", "epochs": 10, "parent": "x"})
+    kept = _goal3_export("x", 0.814, 0.812, 1.2e6)
+    run.exports, run.baselines = [kept, tuned], []
+    g = goal_savings(run)
+    assert "left out" not in g.detail and g.status == "met" and "x (" in g.detail
 
 
 def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_folder) -> None:
