@@ -126,6 +126,24 @@ def test_interrupt_and_resume_is_exact(straight_dropout: Config, tmp_path: Path,
         assert torch.equal(ours[k], ref[k]), k
 
 
+def test_a_run_stopped_on_its_last_step_resumes_to_its_validation_metrics(
+        straight_dropout: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped on the very last step, the run saves a finished checkpoint before metrics.json exists:
+    the resume has no epoch left to validate, so the metrics must come from the checkpoint."""
+    cfg2 = tiny_cfg(tmp_path, "last-step", **DROPOUT)
+    real = train.sandwich
+    monkeypatch.setattr(train, "sandwich", signal_at(2 * DROPOUT_STEPS - 1, signal.SIGTERM))
+    assert train.supernet_command(cfg2, argparse.Namespace(resume=False)) == 143
+    monkeypatch.setattr(train, "sandwich", real)
+    assert torch.load(cfg2.run_dir / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
+    assert not (cfg2.run_dir / "metrics.json").exists()
+    result = train.train_supernet(cfg2, resume=True)
+    stored = json.loads((cfg2.run_dir / "metrics.json").read_text())
+    ref = json.loads((straight_dropout.run_dir / "metrics.json").read_text())
+    val = [k for k in ref if k.startswith("val/")]
+    assert val and all(stored[k] == ref[k] == result[k] for k in val)
+
+
 def test_resume_at_epoch_boundary_is_exact(straight_dropout: Config, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """One epoch, stop, resume for the second: identical to two epochs straight."""
