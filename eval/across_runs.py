@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from eval.analysis import (best_een_within, evaluated, exit_ablation_test, like_for_like, operating_row,
-                           savings_goal_met, short_of_static, static_of)
+                           SHORT_REASON, savings_goal_met, short_of_static, static_of)
 from eval.formatting import mean_sd, mmacs, override, pct, points, table
 from eval.run_folder import Export, RunData, baseline_seed, copied_from, from_note, from_scratch
 from nachos.config import config_to_dict
@@ -184,8 +184,8 @@ def repeat_lines(runs: list[RunData]) -> list[str]:
                "static network of its backbone (goal 3). The point is the eval's operating point, the cheapest "
                "thresholds within `export.max_accuracy_drop` of the final classifier on validation at a one-sided "
                "confidence bound: chosen before test is seen, and judged on test." +
-               (" Left out: " + ", ".join(f"`{i}`" for i in short) + " (inherited weights of a supernet trained "
-                "fewer epochs than the static network)." if short else ""), ""] + out
+               (" Left out: " + ", ".join(f"`{i}`" for i in short) + f" ({SHORT_REASON})." if short else ""),
+               ""] + out
     return out[:-1] if out else out
 
 
@@ -200,21 +200,33 @@ def inherited_finals(run: RunData) -> dict[str, float]:
     return out
 
 
+def scratch_by_length(runs: list[RunData]) -> dict[str, dict[int, dict[Any, dict[str, Any]]]]:
+    """The static networks trained from scratch in ``runs`` as {arch: {epochs: {seed: baseline}}}, one
+    per arch, length and seed however many runs hold a copy (the first given)."""
+    out: dict[str, dict[int, dict[Any, dict[str, Any]]]] = {}
+    for run in runs:
+        for b in from_scratch(run):
+            if isinstance(b.get("epochs"), int) and b.get("arch_str"):
+                out.setdefault(b["arch_str"], {}).setdefault(b["epochs"], {}).setdefault(baseline_seed(run, b), b)
+    return out
+
+
+def pairs_agreeing(pairs: list[tuple[str, str]], ours: dict[str, float], theirs: dict[str, float]) -> int:
+    """How many of ``pairs`` the two scores order alike."""
+    return sum((ours[a] - ours[b]) * (theirs[a] - theirs[b]) > 0 for a, b in pairs)
+
+
 def scratch_accuracies(runs: list[RunData]) -> tuple[int | None, dict[str, list[float]]]:
     """Test accuracies of the static networks trained from scratch in ``runs``, one per (arch, seed)
     however many runs hold a copy, at one training length: the one that covers the most backbones
     (the longer on a tie), since a longer run ranks higher for that alone."""
-    by_epochs: dict[int, dict[str, dict[Any, float]]] = {}
-    for run in runs:
-        for b in from_scratch(run):
-            if isinstance(b.get("epochs"), int) and b.get("arch_str"):
-                seed = baseline_seed(run, b)
-                by_epochs.setdefault(b["epochs"], {}).setdefault(b["arch_str"], {}).setdefault(seed,
-                                                                                              b["test_accuracy"])
-    if not by_epochs:
+    by_arch = scratch_by_length(runs)
+    lengths = {e for by_len in by_arch.values() for e in by_len}
+    if not lengths:
         return None, {}
-    epochs = max(by_epochs, key=lambda e: (len(by_epochs[e]), e))
-    return epochs, {a: list(seeds.values()) for a, seeds in by_epochs[epochs].items()}
+    epochs = max(lengths, key=lambda e: (sum(e in by_len for by_len in by_arch.values()), e))
+    return epochs, {a: [b["test_accuracy"] for b in by_len[epochs].values()]
+                    for a, by_len in by_arch.items() if epochs in by_len}
 
 
 def length_lines(runs: list[RunData]) -> list[str]:
@@ -226,12 +238,12 @@ def length_lines(runs: list[RunData]) -> list[str]:
     unless two networks were each trained at two lengths or more."""
     acc: dict[str, dict[int, dict[Any, tuple[float, float]]]] = {}
     macs: dict[str, float] = {}
-    for run in runs:
-        for b in from_scratch(run):
-            if isinstance(b.get("epochs"), int) and b.get("arch_str") and b.get("val_accuracy") is not None:
-                acc.setdefault(b["arch_str"], {}).setdefault(b["epochs"], {}).setdefault(
-                    baseline_seed(run, b), (b["test_accuracy"], b["val_accuracy"]))
-                macs[b["arch_str"]] = b["macs"]
+    for a, by_len in scratch_by_length(runs).items():
+        for e, seeds in by_len.items():
+            for seed, b in seeds.items():
+                if b.get("val_accuracy") is not None:
+                    acc.setdefault(a, {}).setdefault(e, {})[seed] = (b["test_accuracy"], b["val_accuracy"])
+                    macs[a] = b["macs"]
     archs = [a for a, by_len in acc.items() if len(by_len) >= 2]
     lengths = sorted({e for a in archs for e in acc[a]})
     if len(archs) < 2:
@@ -260,8 +272,8 @@ def length_lines(runs: list[RunData]) -> list[str]:
         for e in lengths:
             pairs = [(a, b) for a, b in itertools.combinations(at_longest, 2)
                      if mean(a, e, which) is not None and mean(b, e, which) is not None]
-            agree = sum((mean(a, e, which) - mean(b, e, which)) * (mean(a, longest, 0) - mean(b, longest, 0)) > 0
-                        for a, b in pairs)
+            agree = pairs_agreeing(pairs, {a: mean(a, e, which) for a in at_longest},
+                                   {a: mean(a, longest, 0) for a in at_longest})
             agree_row.append(f"{agree} of {len(pairs)}" if pairs else "-")
         rows.append([f"pairs ordered as on test at {longest} epochs", ""] + agree_row)
         out += [f"{split.capitalize()} accuracy (mean over seeds; gaps to the first network at the same length):",
@@ -294,7 +306,7 @@ def ranking_lines(runs: list[RunData]) -> list[str]:
         if len(shared) < 3:
             return "-"
         pairs = list(itertools.combinations(shared, 2))
-        agree = sum((inh[a] - inh[b]) * (means[a] - means[b]) > 0 for a, b in pairs)
+        agree = pairs_agreeing(pairs, inh, means)
         tau = kendalltau([inh[a] for a in shared], [means[a] for a in shared]).statistic
         return f"{agree} of {len(pairs)} (Kendall {tau:+.2f})"
 

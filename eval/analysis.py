@@ -117,8 +117,7 @@ def static_of(run: RunData, arch_key: str | None, own_seed: bool = False) -> dic
     """The like-for-like static network of ``arch_key`` (no exits, trained alone); the most
     accurate when it was trained for several lengths. ``own_seed``: only one the run's seed trained
     (for tables across seeds: a copy of another seed's would have two rows share one draw)."""
-    held = [b for b in run.baselines if arch_key and b.get("arch_key") == arch_key and like_for_like(run, b)
-            and (not own_seed or baseline_seed(run, b) == run.cfg.seed)]
+    held = [b for b in like_for_like_statics(run, arch_key) if not own_seed or baseline_seed(run, b) == run.cfg.seed]
     return max(held, key=lambda b: b["test_accuracy"]) if held else None
 
 
@@ -315,6 +314,16 @@ def like_for_like(run: RunData, baseline: dict[str, Any]) -> bool:
     return rival_problem(run, baseline) is None
 
 
+# why ``short_of_static`` exports are left out of goal 3, in the report's words
+SHORT_REASON = ("inherited weights of a supernet trained fewer epochs than a like-for-like static network, or "
+                "than an EEN of the run retrained without its weights")
+
+
+def like_for_like_statics(run: RunData, arch_key: str | None) -> list[dict[str, Any]]:
+    """The run's static networks of ``arch_key`` (no exits, trained alone) that are like-for-like rivals."""
+    return [b for b in run.baselines if arch_key and b.get("arch_key") == arch_key and like_for_like(run, b)]
+
+
 def short_of_static(run: RunData, e: Export) -> bool:
     """Whether the export holds a supernet's inherited weights trained for fewer epochs than the
     static network of its backbone: say, a 1-epoch supernet used only to write an export for
@@ -326,8 +335,7 @@ def short_of_static(run: RunData, e: Export) -> bool:
     fine-tune from the supernet's weights says nothing of how long the supernet itself trained."""
     if e.finetuned:
         return False
-    key = e.manifest.get("arch_key")
-    held = [int(b["epochs"]) for b in run.baselines if key and b.get("arch_key") == key and like_for_like(run, b)]
+    held = [int(b["epochs"]) for b in like_for_like_statics(run, e.manifest.get("arch_key"))]
     if held:
         return run.cfg.train.epochs < min(held)
     independent = [lineage_epochs(run, x) for x in evaluated(run)
@@ -429,8 +437,7 @@ def goal_savings(run: RunData) -> Goal:
     # a barely trained export saves much at little loss against its own poor final classifier
     short = {e.id for e in evaluated(run) if short_of_static(run, e)} & {r["id"] for r in rows}
     rows = [r for r in rows if r["id"] not in short]
-    left_out = ("left out: " + ", ".join(sorted(short)) + " (inherited weights of a supernet trained fewer epochs "
-                "than a like-for-like static network)") if short else ""
+    left_out = f"left out: {', '.join(sorted(short))} ({SHORT_REASON})" if short else ""
     if not rows:
         return Goal(text, "not run", f"no evaluated export to judge; {left_out}: train them on (`nachos finetune`)")
     by_id: dict[str, list[dict[str, Any]]] = {}
