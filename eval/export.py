@@ -506,6 +506,7 @@ class Exporter:
                        "search": self.search_path and str(self.search_path), "algorithm": rec.get("algorithm"),
                        "candidate_id": rec.get("id"), "front_index": index,
                        "bn_calib_batches": len(self.calibration_batches()), "seed": cfg.seed,
+                       "held_out_digest": s.held_out_digest,
                        "torch": torch.__version__},
             "config": config_to_dict(cfg),
             "description": model.description(),

@@ -310,6 +310,10 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     model = load_exported(folder, device)
     exit_costs = np.asarray(m["macs"]["exit_costs"], dtype=np.float64)
     splits = load_splits(src)
+    splits.check_held_out(m["source"].get("held_out_digest"), folder,
+                          "its validation figures, and the thresholds chosen on them, would count images the "
+                          "supernet trained on", "Fine-tune on the data it was exported with, or export again on "
+                          "this data")
     val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed,
                              mean=m["input"]["mean"], std=m["input"]["std"])
     before_cache = validation_cache(model, val_loader)

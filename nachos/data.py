@@ -79,6 +79,16 @@ class Splits:
     # added to or removed from a folder source moves every later one), while it may score on fewer
     held_out_digest: str = ""
 
+    def check_held_out(self, saved: str | None, path: Path, harm: str, fix: str) -> None:
+        """Refuse a checkpoint (at ``path``) that held out other images than these: ``harm`` says what
+        using it here would do, ``fix`` what to run instead. Checkpoints older than the digest (``saved``
+        None) pass: their split's settings were checked."""
+        if saved is not None and saved != self.held_out_digest:
+            raise RunError(f"the validation images drawn here are not those {path} held out, though the split's "
+                           "settings match: the data changed (images added or removed, another data.root, or "
+                           "JPEGs decoded by another Pillow/libjpeg: then use the data cache of the machine that "
+                           f"trained it, data.cache_dir); {harm}. {fix}")
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

@@ -134,18 +134,14 @@ class SupernetBackend:
         self.device = resolve_device(cfg.device)
         self.criterion = cfg.exits.criterion
         self.model = self._build_model(ckpt, config_path)
-        held_out = ckpt.get("held_out_digest")  # checkpoints before it lack it: the split keys were checked
+        held_out = ckpt.get("held_out_digest")
         del ckpt
         self.timer = Timer()
         self._splits: Any = None
         self._calib: list[torch.Tensor] | None = None
-        if held_out is not None and held_out != self.splits.held_out_digest:
-            raise RunError(f"the validation images drawn here are not those {self.ckpt_path} held out, though "
-                           "the split's settings match: the data changed (images added or removed, another "
-                           "data.root, or JPEGs decoded by another Pillow/libjpeg: then use the data cache of "
-                           "the machine that trained it, data.cache_dir); its scores would count images the "
-                           "supernet trained on. Search with the data it was trained on, or train a supernet on "
-                           f"this data: {fix_supernet(cfg, config_path)}")
+        self.splits.check_held_out(held_out, self.ckpt_path, "its scores would count images the supernet trained on",
+                                   "Search with the data it was trained on, or train a supernet on this data: "
+                                   f"{fix_supernet(cfg, config_path)}")
         self.store = CacheStore(cache_dir or cfg.run_dir / "search" / "cache", self._fingerprint())
         self.costs = load_cost_table(cfg, self.space, "macs", config_path)
         self.latency_table = (load_cost_table(cfg, self.space, "latency", config_path)

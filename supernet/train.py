@@ -540,6 +540,10 @@ def _train(cfg: Config, resume: bool, ddp: Dist, device: torch.device) -> dict[s
 
     # data: each rank trains on its slice of every (shared-seed) batch
     splits = load_splits(cfg)
+    if ckpt is not None:
+        splits.check_held_out(ckpt.get("held_out_digest"), run_dir / CHECKPOINT,
+                              "resuming would train on images it validated on and validate on images it trained on",
+                              "Resume with the data it was trained on, or start a new run (name=...)")
     mean, std = splits.mean, splits.std
     loader = make_loader(cfg, splits.train_x, splits.train_y, device, train=True, seed=cfg.seed, mean=mean, std=std)
     val_loader = make_loader(cfg, splits.val_x, splits.val_y, device, train=False, seed=cfg.seed, mean=mean, std=std)

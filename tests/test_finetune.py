@@ -250,6 +250,22 @@ def test_other_settings_under_the_same_name_are_refused_not_trained_over(exporte
     assert ft.finetune_export(parent, run) == out and len(calls) == 1  # the same settings: skipped, as before
 
 
+def test_an_export_of_other_held_out_images_is_refused(exported, tmp_path: Path, monkeypatch) -> None:
+    """The data changed after the export (same split settings, other images held out): the fine-tune's
+    validation would count images the supernet trained on."""
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_epochs=1", "export.onnx=false", "export.torchscript=false")
+    parent = _copy(parent, run)
+    manifest = json.loads((parent / "arch.json").read_text())
+    assert manifest["source"]["held_out_digest"]  # the export records what it was scored on
+    manifest["source"]["held_out_digest"] = "another-folder"
+    (parent / "arch.json").write_text(json.dumps(manifest))
+    calls = _skip_training(monkeypatch)
+    with pytest.raises(RunError, match=r"not those .* held out.*Fine-tune on the data it was exported with"):
+        ft.finetune_export(parent, run)
+    assert calls == []
+
+
 def test_a_static_baseline_serves_only_while_its_checkpoint_is_the_network_its_record_describes(
         tmp_path: Path) -> None:
     """A retrain of the same tag overwrites the checkpoint every epoch but the record only at its end."""

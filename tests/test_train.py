@@ -202,16 +202,38 @@ def test_resume_with_another_recipe_is_refused(straight: tuple[Config, dict], ke
     assert (cfg.run_dir / "config.yaml").read_text() == config_before
 
 
+SMALL = {"train.epochs": 1, "data.train_subset": 200, "data.val_subset": 100}
+
+
+def stopped_at_first_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """A one-epoch run SIGTERMed on its first step (its checkpoint saved); sandwich restored after."""
+    cfg = tiny_cfg(tmp_path, **SMALL)
+    with monkeypatch.context() as m:
+        m.setattr(train, "sandwich", signal_at(0, signal.SIGTERM))
+        assert train.train_supernet(cfg)["exit_code"] == 143
+    return cfg
+
+
 def test_resume_may_change_threads_and_logging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    small = {"train.epochs": 1, "data.train_subset": 200, "data.val_subset": 100}
-    cfg = tiny_cfg(tmp_path, **small)
-    real = train.sandwich
-    monkeypatch.setattr(train, "sandwich", signal_at(0, signal.SIGTERM))
-    assert train.train_supernet(cfg)["exit_code"] == 143
-    monkeypatch.setattr(train, "sandwich", real)
-    again = tiny_cfg(tmp_path, **small, **{"num_threads": 2, "train.log_every": 5, "data.eval_batch_size": 100})
+    cfg = stopped_at_first_step(tmp_path, monkeypatch)
+    again = tiny_cfg(tmp_path, **SMALL, **{"num_threads": 2, "train.log_every": 5, "data.eval_batch_size": 100})
     assert train.train_supernet(again, resume=True)["exit_code"] == 0
     assert "num_threads: 2" in (cfg.run_dir / "config.yaml").read_text()
+
+
+def test_resume_on_changed_data_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same split settings, other images held out (a folder gained an image, pickles appeared beside the
+    tarball): the rest of the run would train on images its first epochs validated on."""
+    cfg = stopped_at_first_step(tmp_path, monkeypatch)
+    path = cfg.run_dir / "last.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    torch.save(dict(ckpt, held_out_digest="another-folder"), path)
+    before = path.read_bytes()
+    with pytest.raises(RunError, match=r"not those .*last\.pt held out.*resuming would train on images it validated"):
+        train.train_supernet(cfg, resume=True)
+    assert path.read_bytes() == before
+    torch.save(ckpt, path)  # the digest it was trained with: the same call resumes
+    assert train.train_supernet(cfg, resume=True)["exit_code"] == 0
 
 
 def test_resuming_a_finished_run_changes_nothing(straight: tuple[Config, dict],
