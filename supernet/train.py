@@ -160,14 +160,13 @@ def validation_subnets(space: SearchSpace, seed: int, accept: Callable[[Arch], b
             "random": draw_subnet(space, random.Random(f"val-subnet:{seed}"), accept)}
 
 
-def budget_filter(cfg: Config, space: SearchSpace, table: MacTable | None = None) -> Callable[[Arch], bool] | None:
-    """``train.random_max_macs`` as a predicate on whole-network MACs (read from ``table``, by default the run's
-    MAC table), or None."""
+def budget_filter(cfg: Config, space: SearchSpace, table: MacTable | None) -> Callable[[Arch], bool] | None:
+    """``train.random_max_macs`` as a predicate on whole-network MACs read from ``table`` (the run's
+    ``shared_mac_table``; only None while there is no budget), or None."""
     budget = cfg.train.random_max_macs
     if budget <= 0:
         return None
-    if table is None:
-        table = MacTable.from_config(cfg)
+    assert table is not None, "train.random_max_macs needs the run's MAC table"
     smallest = table.backbone_costs(space.smallest())[-1]
     if budget < smallest:
         raise RunError(f"train.random_max_macs={budget:.4g} is below the smallest subnet's {smallest:.4g} MACs; "
