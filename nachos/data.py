@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -208,8 +208,9 @@ def _download(cfg: Config) -> None:
                        f"data there by hand ({_EXPECTED[cfg.data.name]})") from None
 
 
-def _first(finder: Callable[[Path], Source | None], roots: Sequence[Path]) -> Source | None:
-    return next((s for s in map(finder, roots) if s is not None), None)
+def _first(found: Iterable[Source | None]) -> Source | None:
+    """The first source found; ``found`` is lazy, so later finders do not run."""
+    return next((s for s in found if s is not None), None)
 
 
 def find_source(cfg: Config) -> Source:
@@ -221,15 +222,15 @@ def find_source(cfg: Config) -> Source:
     best, *fallbacks = _FINDERS[name]
     if cfg.data.root and Path(cfg.data.root).expanduser().is_file():
         # a file named by data.root is the user's explicit choice, whatever lies in the other roots
-        source = next((s for s in (f(roots[0]) for f in _FINDERS[name]) if s is not None), None)
+        source = _first(f(roots[0]) for f in _FINDERS[name])
         if source is not None:
             return source
-    source = _first(best, roots)
+    source = _first(map(best, roots))
     if source is None and cfg.data.download:  # download the best format rather than settle for a fallback
         _download(cfg)
-        source = _first(best, roots)
+        source = _first(map(best, roots))
     for finder in fallbacks:
-        source = source or _first(finder, roots)
+        source = source or _first(map(finder, roots))
     if source is not None:
         return source
     places = "\n  ".join(str(r.resolve()) for r in roots)
