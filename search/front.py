@@ -77,6 +77,10 @@ def closest(records: list[Record], n: int = 5) -> list[Record]:
     return out
 
 
+COST_FIELDS = {"max_expected_macs": "expected_macs", "max_peak_macs": "peak_macs", "max_params": "params"}
+COST_WORDS = {"max_expected_macs": "expected MACs", "max_peak_macs": "peak MACs", "max_params": "params"}
+
+
 def explain_infeasible(records: list[Record], cons: Constraints) -> str:
     """One sentence naming the binding constraint, with the best value reached."""
     if not records:
@@ -89,7 +93,7 @@ def explain_infeasible(records: list[Record], cons: Constraints) -> str:
             best = max(records, key=lambda r: (r["accuracy"], -r["expected_macs"]))
             return (f"no candidate reached min_accuracy={cons.min_accuracy:g}; best was {best['accuracy']:.4g} "
                     f"at {_fmt_macs(best['expected_macs'])} MACs")
-        field = {"max_expected_macs": "expected_macs", "max_peak_macs": "peak_macs", "max_params": "params"}[name]
+        field = COST_FIELDS[name]
         best = min(records, key=lambda r: (r[field], -r["accuracy"]))
         unit = "params" if field == "params" else "MACs"
         return (f"no candidate reached {name}={getattr(cons, name):.4g}; the lowest {field} was "
@@ -98,9 +102,11 @@ def explain_infeasible(records: list[Record], cons: Constraints) -> str:
     cost_ok = [r for r in records if all(r["violations"].get(n, 0.0) <= 0 for n in cons.active if n != "min_accuracy")]
     if cost_ok and cons.min_accuracy > 0:
         best = max(cost_ok, key=lambda r: (r["accuracy"], -r["expected_macs"]))
-        cheapest = min(alone["min_accuracy"], key=lambda r: r["expected_macs"])
+        # the least of each cost among the accurate records: those over their limit bind (all, if none alone does)
+        least = {n: min(r[COST_FIELDS[n]] for r in alone["min_accuracy"]) for n in cons.active if n != "min_accuracy"}
+        binding = [n for n, v in least.items() if v > getattr(cons, n)] or list(least)
+        needs = ", ".join(f"{_fmt_macs(least[n])} {COST_WORDS[n]}" for n in binding)
         return (f"no candidate satisfied {cons.describe()} together: within the cost limits the best accuracy was "
                 f"{best['accuracy']:.4g} (at {_fmt_macs(best['expected_macs'])} MACs), below min_accuracy="
-                f"{cons.min_accuracy:g}; reaching it took at least {_fmt_macs(cheapest['expected_macs'])} "
-                "expected MACs")
+                f"{cons.min_accuracy:g}; reaching it took at least {needs}")
     return f"no candidate satisfied {cons.describe()} together"

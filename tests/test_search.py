@@ -384,6 +384,10 @@ def test_infeasible_explanations_name_the_binding_constraint() -> None:
     assert explain_infeasible(recs(both, *points), both) == (
         "no candidate satisfied accuracy >= 0.6, expected MACs <= 1 M together: within the cost limits the best "
         "accuracy was 0.55 (at 0.9M MACs), below min_accuracy=0.6; reaching it took at least 2M expected MACs")
+    # the accurate candidates fit the expected-MACs limit; their peak MACs are what binds
+    two = Constraints(min_accuracy=0.6, max_expected_macs=1e6, max_peak_macs=2e6)
+    assert explain_infeasible(recs(two, (0.7, 8e5, 3e6, 1), (0.5, 5e5, 1e6, 1)), two).endswith(
+        "below min_accuracy=0.6; reaching it took at least 3M peak MACs")
     # no accuracy floor (or no candidate within every cost limit): only the limits can be named
     costs = Constraints(max_expected_macs=1e6, max_peak_macs=2e6)
     assert explain_infeasible(recs(costs, (0.9, 5e5, 3e6, 1), (0.9, 3e6, 1e6, 1)), costs) == (
