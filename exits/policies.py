@@ -73,7 +73,12 @@ def exit_scores(conf: torch.Tensor, criterion: str) -> torch.Tensor:
     """(E, N) confidences -> (E, N) scores compared with the thresholds (cumulative when learned)."""
     _check(criterion)
     if criterion == "learned":
-        return 1.0 - torch.cumprod(1.0 - conf, dim=0)
+        # exit by exit in conf's dtype, as the numpy twin, the runtime and ONNX multiply: torch's CPU cumprod
+        # accumulates float32 in double, and a sample near a threshold would leave elsewhere in search and eval
+        survive = list(1.0 - conf)
+        for i in range(1, len(survive)):
+            survive[i] = survive[i - 1] * survive[i]
+        return 1.0 - torch.stack(survive) if survive else conf.clone()
     return conf
 
 
