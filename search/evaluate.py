@@ -264,9 +264,10 @@ class CandidateEvaluator:
         return self.record(Genome(arch, exits, tuple(int(t) for t in j)), "refined", generation)
 
     def evaluate(self, genomes: list[Genome], archive: Archive, generation: int,
-                 source: str = "evolved") -> list[dict[str, Any]]:
-        """Records of ``genomes`` (archived ones reused), new ones archived; with refinement on, the
-        refined thresholds of each new (backbone, exit set) are archived too."""
+                 source: str) -> list[dict[str, Any]]:
+        """Records of ``genomes`` (archived ones reused; ``source``: how their thresholds were drawn, "sampled"
+        or "evolved"), new ones archived; with refinement on, the refined thresholds of each new
+        (backbone, exit set) are archived too."""
         fresh = [g for g in genomes if archive.get(g.key()) is None]
         uniq = list(OrderedDict((g.key(), g) for g in fresh).values())
         for rec in self.records(uniq, source, generation):
@@ -276,6 +277,6 @@ class CandidateEvaluator:
                                 if g.exits and not self.cost_infeasible(g.arch))
             for (arch_key, exits), g in pairs.items():
                 if archive.mark_refined(f"{arch_key}|{','.join(map(str, exits))}"):
-                    # a refined genome that evolution already found keeps its "evolved" record
+                    # a refined genome that evolution already found keeps its first record
                     archive.add(self.refine(g.arch, exits, g.thresholds, generation))
         return [archive.get(g.key()) for g in genomes]  # type: ignore[misc]

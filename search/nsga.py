@@ -102,9 +102,10 @@ def run_nsga2(codec: GenomeCodec, evaluator: CandidateEvaluator, search: SearchC
     problem.codec, problem.evaluator = codec, evaluator
     while algorithm.has_next():
         generation = int(algorithm.n_iter or 1) if algorithm.is_initialized else 1
+        source = "evolved" if algorithm.is_initialized else "sampled"  # the first population is drawn at random
 
-        def evaluate(X: np.ndarray, gen: int = generation) -> tuple[np.ndarray, np.ndarray]:
-            recs = evaluator.evaluate([codec.decode(x) for x in X], phase.archive, gen, source="evolved")
+        def evaluate(X: np.ndarray, gen: int = generation, source: str = source) -> tuple[np.ndarray, np.ndarray]:
+            recs = evaluator.evaluate([codec.decode(x) for x in X], phase.archive, gen, source=source)
             return _objectives(evaluator, recs)
 
         problem.evaluate_fn = evaluate
