@@ -34,19 +34,25 @@ def read_candidates(path: Path) -> list[Record]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def front_rows(front: list[Record]) -> list[list[Any]]:
-    return [[r["id"], r["algorithm"], round(r["accuracy"], 6), round(r["expected_macs"]), round(r["peak_macs"]),
+def front_table(front: list[Record]) -> tuple[list[str], list[list[Any]]]:
+    """pareto.csv's columns and rows (also the W&B table); a latency search adds its latencies (seconds)."""
+    latency = any("expected_latency" in r for r in front)
+    fields = list(CSV_FIELDS) + (["expected_latency", "peak_latency"] if latency else [])
+    rows = [[r["id"], r["algorithm"], round(r["accuracy"], 6), round(r["expected_macs"]), round(r["peak_macs"]),
              r["params"], " ".join(map(str, r["exits"])), " ".join(f"{t:g}" for t in r["thresholds"]),
              " ".join(f"{x:.4f}" for x in r["exit_rates"]), r["threshold_source"], r["generation"], r["arch_str"],
-             json.dumps(r["arch"], sort_keys=True)] for r in front]
+             json.dumps(r["arch"], sort_keys=True)] + ([r["expected_latency"], r["peak_latency"]] if latency else [])
+            for r in front]
+    return fields, rows
 
 
 def write_front(folder: Path, payload: dict[str, Any]) -> None:
     atomic_write_text(folder / "pareto.json", json.dumps(payload, indent=1, sort_keys=True))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(CSV_FIELDS)
-    writer.writerows(front_rows(payload["front"]))
+    fields, rows = front_table(payload["front"])
+    writer.writerow(fields)
+    writer.writerows(rows)
     atomic_write_text(folder / "pareto.csv", buf.getvalue())
 
 

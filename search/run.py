@@ -26,7 +26,7 @@ from search.evaluate import Backend, CandidateEvaluator
 from search.front import HvReference, closest, explain_infeasible, hypervolume, pareto_front
 from search.genome import GenomeCodec
 from search.nsga import Phase, run_nsga2, run_random
-from search.report import CSV_FIELDS, front_rows, plot_front, write_candidates, write_front
+from search.report import front_table, plot_front, write_candidates, write_front
 from supernet.space import SearchSpace
 
 STATE_VERSION = 1
@@ -219,7 +219,7 @@ class Runner:
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=1))
         save_config(self.cfg, self.dir / "config.yaml")  # the search's own overrides, for the report
         step = sum(len(p.history) for p in self.phases.values()) + 1
-        self.tracker.log_table("search/admissible", list(CSV_FIELDS), front_rows(front), step=step)
+        self.tracker.log_table("search/admissible", *front_table(front), step=step)
         self.tracker.log_image("search/pareto", png, step=step)
         self.tracker.summary({f"search/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
         return SearchResult(self.dir, main, front, hv, hv_random, len(recs), len(feasible), summary["backbones"],

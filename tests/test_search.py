@@ -2,6 +2,7 @@
 resume, infeasible runs, and (end to end on configs/tiny.yaml) cache vs the extracted network."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -845,3 +846,6 @@ def test_random_alone_and_latency_objective(tmp_path: Path) -> None:
     assert res.front and lat == sorted(lat)
     assert all(r["expected_macs"] <= cfg.search.max_expected_macs for r in res.front)  # constraints stay on MACs
     assert json.loads((res.search_dir / "pareto.json").read_text())["cost_key"] == "expected_latency"
+    with open(res.search_dir / "pareto.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["expected_latency"]) for r in rows] == pytest.approx(lat)  # the objective, in its own column
