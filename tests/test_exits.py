@@ -194,9 +194,10 @@ def test_support_term_compares_per_sample_vectors() -> None:
                       for n in range(3)])
     assert got.shape == ()
     assert got.item() == pytest.approx(manual)
-    # The reference code's (n,) vs (n, 1) broadcast would average over all (n, n') pairs instead.
-    wrong = ((S[target][:, 0] - conf[0].unsqueeze(1)) ** 2).mean()
-    assert wrong.item() != pytest.approx(((S[target][:, 0] - conf[0]) ** 2).mean().item())
+    # The reference code's (n,) vs (n, 1) broadcast averages over all (n, n') pairs: these inputs tell it apart
+    wrong = np.mean([[(S[target[m], i].item() - conf[i, n].item()) ** 2 for m in range(3) for n in range(3)]
+                     for i in range(2)])
+    assert got.item() != pytest.approx(wrong)
 
 
 def test_learned_terms_named_and_switchable() -> None:

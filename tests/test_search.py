@@ -147,6 +147,22 @@ def test_threshold_preferences_agree(budget: float, min_accuracy: float | None) 
             assert _prefer(cand(best), cand(i), budget, min_accuracy), (acc[i], cost[i])
 
 
+def _assert_local_optimum(sc: ExitSetScorer, found: tuple[np.ndarray, float, float], budget: float,
+                          min_accuracy: float | None = None) -> None:
+    """Coordinate descent's promise: its figures are its indices', and no one-threshold move is preferred."""
+    from search.scoring import _prefer
+
+    j, acc, cost = found
+    s = sc.score(j[None])
+    assert (acc, cost) == pytest.approx((s.accuracy[0], s.expected_cost[0]))
+    for i in range(len(j)):
+        moves = np.repeat(j[None], sc.grid_size, axis=0)
+        moves[:, i] = np.arange(sc.grid_size)
+        s = sc.score(moves)
+        for r in range(sc.grid_size):
+            assert not _prefer((moves[r], s.accuracy[r], s.expected_cost[r]), found, budget, min_accuracy)
+
+
 def test_refinement_is_optimal_and_feasible() -> None:
     cache = _random_cache(P=3, N=500, seed=3)
     grid = threshold_grid(0.5, 1.0, 6)
@@ -160,6 +176,7 @@ def test_refinement_is_optimal_and_feasible() -> None:
     assert cost <= budget and acc == pytest.approx(s.accuracy[feasible].max())
     j2, acc2, cost2 = refine_thresholds(sc, budget, max_exhaustive=1)  # coordinate descent
     assert cost2 <= budget and acc2 <= acc + 1e-12
+    _assert_local_optimum(sc, (j2, acc2, cost2), budget)
 
 
 
@@ -177,6 +194,7 @@ def test_cheapest_thresholds_at_an_accuracy_floor() -> None:
     assert cost > s.expected_cost.min()  # the floor binds
     j2, acc2, cost2 = refine_thresholds(sc, np.inf, max_exhaustive=1, min_accuracy=floor)  # coordinate descent
     assert acc2 >= floor and cost2 >= cost - 1e-6
+    _assert_local_optimum(sc, (j2, acc2, cost2), np.inf, floor)
     # out of reach: the most accurate configuration
     _, acc3, _ = refine_thresholds(sc, np.inf, min_accuracy=1.1)
     assert acc3 == pytest.approx(s.accuracy.max())
