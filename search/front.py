@@ -28,11 +28,6 @@ def pareto_front(records: list[Record], cost_key: str) -> list[Record]:
     return front
 
 
-def dominates(a: Record, b: Record, cost_key: str) -> bool:
-    return (a["accuracy"] >= b["accuracy"] and a[cost_key] <= b[cost_key]
-            and (a["accuracy"] > b["accuracy"] or a[cost_key] < b[cost_key]))
-
-
 @dataclass(frozen=True)
 class HvReference:
     """Reference point (worst error, worst cost) that normalises both objectives to [0, 1]."""

@@ -140,8 +140,3 @@ class GenomeCodec:
         arch = arch if arch is not None else self.random_arch(rng)
         exits, thr = self.random_exits(arch, rng)
         return Genome(arch, exits, thr)
-
-
-def genome_from_record(record: dict) -> Genome:
-    return Genome(Arch.from_dict(record["arch"]), tuple(record["exits"]), tuple(record["threshold_idx"]))
-

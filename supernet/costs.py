@@ -703,15 +703,6 @@ class MacTable:
         out.append(c.backbone[-1] + heads)
         return np.array(out, dtype=np.float64)
 
-    def expected_cost(self, arch: Arch, exit_ids: Sequence[int], rates: Sequence[float] | np.ndarray) -> float:
-        """``rates @ exit_costs``: rates = share of samples leaving at each selected exit, then at the final one."""
-        r = np.asarray(rates, dtype=np.float64)
-        costs = self.exit_costs(arch, exit_ids)
-        if r.shape != costs.shape:
-            raise ValueError(f"rates has shape {r.shape}; it needs one entry per selected exit plus the final "
-                             f"classifier: {costs.shape}")
-        return float(r @ costs)
-
     def peak_cost(self, arch: Arch, exit_ids: Sequence[int]) -> float:
         """Cost of a sample that goes all the way: whole backbone + every selected head."""
         return float(self.exit_costs(arch, exit_ids)[-1])

@@ -16,8 +16,8 @@ import torch
 from nachos.config import Config, ConfigError, load_config
 from nachos.runtime import RunError
 from search.evaluate import Constraints
-from search.front import dominates, pareto_front
-from search.genome import GenomeCodec, genome_from_record
+from search.front import pareto_front
+from search.genome import Genome, GenomeCodec
 from search.operators import BackboneBudget, GenomeCrossover, GenomeMutation, GenomeSampling, repair_rows
 from search.run import INFEASIBLE_EXIT, Runner, run_search
 from search.scoring import BackboneCache, ExitSetScorer, refine_thresholds, score_direct, threshold_grid
@@ -70,6 +70,16 @@ class FakeBackend:
 
     def params(self, arch: Arch, exits: tuple[int, ...]) -> int:
         return int(self._size(arch) * 10 + 1000 * len(exits))
+
+
+def dominates(a: dict, b: dict, cost_key: str) -> bool:
+    """The front's definition, written out as the oracle for ``pareto_front``."""
+    return (a["accuracy"] >= b["accuracy"] and a[cost_key] <= b[cost_key]
+            and (a["accuracy"] > b["accuracy"] or a[cost_key] < b[cost_key]))
+
+
+def genome_from_record(record: dict) -> Genome:
+    return Genome(Arch.from_dict(record["arch"]), tuple(record["exits"]), tuple(record["threshold_idx"]))
 
 
 def fake_cfg(out: Path, *extra: str) -> Config:
