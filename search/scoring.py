@@ -230,8 +230,9 @@ def refine_thresholds(scorer: ExitSetScorer, budget: float, start: np.ndarray | 
     given ``min_accuracy``, of lowest expected cost with accuracy >= min_accuracy (budget unused).
 
     Small grids are searched exhaustively (exact); larger ones by coordinate descent over the
-    grid from ``start`` and from "no early exit". With no feasible point, the cheapest wins
-    (with ``min_accuracy``: the most accurate). Returns (indices (k,), accuracy, expected cost).
+    grid from ``start`` and from the highest thresholds (no early exit when the grid reaches 1).
+    With no feasible point, the cheapest wins (with ``min_accuracy``: the most accurate).
+    Returns (indices (k,), accuracy, expected cost).
     """
     k, G = scorer.k, scorer.grid_size
     if k == 0:
