@@ -178,25 +178,24 @@ def test_scratch_init_retrains_from_the_static_baselines_start(exported, tmp_pat
     assert info["init"] == "scratch" and info["parent"] == parent.name
 
 
-def test_a_finetuned_export_records_its_validation_figures_as_an_export_does(exported, tmp_path: Path,
-                                                                            monkeypatch) -> None:
-    """One function writes a manifest's ``validation`` figures, for ``nachos export`` and ``nachos
-    finetune`` alike: a figure added to one is in both."""
-    from eval.export import Exporter
-
+def test_a_finetuned_export_records_its_own_validation_figures(exported, tmp_path: Path, monkeypatch) -> None:
+    """The manifest's ``validation`` figures are the fine-tuned network's, thresholds included, on the
+    validation split, with the fields an export writes (one function writes both)."""
     cfg, parent = _two_exit_export(exported)
     run = _cfg(tmp_path, "export.finetune_epochs=1", "export.onnx=false", "export.torchscript=false")
     parent = _copy(parent, run)
-    figures = Exporter.validation_figures
-
-    def marked(*args):
-        out, ex, labels = figures(*args)
-        return dict(out, marker=1), ex, labels
-
-    monkeypatch.setattr(Exporter, "validation_figures", staticmethod(marked))
     _skip_training(monkeypatch)
-    val = json.loads((ft.finetune_export(parent, run) / "arch.json").read_text())["validation"]
-    assert val["marker"] == 1 and val["split"] == "val" and "search" in val
+    out = ft.finetune_export(parent, run)
+    val, parent_val = (json.loads((f / "arch.json").read_text())["validation"] for f in (out, parent))
+    model = load_exported(out, "cpu")
+    pred, ex, _, labels = run_early_exit(model, _val_loader(cfg))
+    counts = np.bincount(ex, minlength=model.num_exits + 1)
+    costs = json.loads((out / "arch.json").read_text())["macs"]["exit_costs"]
+    assert val["split"] == "val" and val["images"] == len(labels)
+    assert val["accuracy"] == pytest.approx(float((pred == labels).mean()))
+    assert val["exit_counts"] == counts.tolist()
+    assert val["expected_macs"] == pytest.approx(float(counts @ np.asarray(costs)) / len(labels))
+    assert set(parent_val) - {"search", "same_exits_as_search"} <= set(val)
 
 
 def _reexport_with_other_bits(folder: Path) -> None:
