@@ -312,8 +312,8 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     splits = load_splits(src)
     splits.check_held_out(m["source"].get("held_out_digest"), folder,
                           "its validation figures, and the thresholds chosen on them, would count images the "
-                          "supernet trained on", "Fine-tune on the data it was exported with, or export again on "
-                          "this data")
+                          "supernet trained on", "Fine-tune with the data it was exported with (that run's data.root "
+                          "and data.cache_dir)")
     val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed,
                              mean=m["input"]["mean"], std=m["input"]["std"])
     before_cache = validation_cache(model, val_loader)

@@ -260,7 +260,7 @@ def test_an_export_of_other_held_out_images_is_refused(exported, tmp_path: Path,
     manifest["source"]["held_out_digest"] = "another-folder"
     (parent / "arch.json").write_text(json.dumps(manifest))
     calls = _skip_training(monkeypatch)
-    with pytest.raises(RunError, match=r"not those .* held out.*Fine-tune on the data it was exported with"):
+    with pytest.raises(RunError, match=r"not those .* held out.*Fine-tune with the data it was exported with"):
         ft.finetune_export(parent, run)
     assert calls == []
 
