@@ -32,6 +32,10 @@ class Backend(Protocol):
 
 
 # ---------------------------------------------------------------------- constraints
+# each cost constraint and the record field it limits
+COST_FIELDS = {"max_expected_macs": "expected_macs", "max_peak_macs": "peak_macs", "max_params": "params"}
+
+
 @dataclass(frozen=True)
 class Constraints:
     """Inequality constraints g <= 0, each scaled to a relative violation so that pymoo's summed
@@ -55,8 +59,7 @@ class Constraints:
         out = {}
         if self.min_accuracy > 0:
             out["min_accuracy"] = (self.min_accuracy - rec["accuracy"]) / self.min_accuracy
-        for name, field in (("max_expected_macs", "expected_macs"), ("max_peak_macs", "peak_macs"),
-                            ("max_params", "params")):
+        for name, field in COST_FIELDS.items():
             limit = getattr(self, name)
             if limit > 0:
                 out[name] = (rec[field] - limit) / limit

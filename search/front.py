@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pymoo.indicators.hv import HV
 
-from search.evaluate import Constraints
+from search.evaluate import COST_FIELDS, Constraints
 
 Record = dict[str, Any]
 
@@ -72,7 +72,6 @@ def closest(records: list[Record], n: int = 5) -> list[Record]:
     return out
 
 
-COST_FIELDS = {"max_expected_macs": "expected_macs", "max_peak_macs": "peak_macs", "max_params": "params"}
 COST_WORDS = {"max_expected_macs": "expected MACs", "max_peak_macs": "peak MACs", "max_params": "params"}
 
 
@@ -97,11 +96,12 @@ def explain_infeasible(records: list[Record], cons: Constraints) -> str:
     cost_ok = [r for r in records if all(r["violations"].get(n, 0.0) <= 0 for n in cons.active if n != "min_accuracy")]
     if cost_ok and cons.min_accuracy > 0:
         best = max(cost_ok, key=lambda r: (r["accuracy"], -r["expected_macs"]))
-        # the least of each cost among the accurate records: those over their limit bind (all, if none alone does)
+        # the least of each cost among the accurate records: those over their limit bind
         least = {n: min(r[COST_FIELDS[n]] for r in alone["min_accuracy"]) for n in cons.active if n != "min_accuracy"}
-        binding = [n for n, v in least.items() if v > getattr(cons, n)] or list(least)
-        needs = ", ".join(f"{_fmt_macs(least[n])} {COST_WORDS[n]}" for n in binding)
+        binding = [n for n, v in least.items() if v > getattr(cons, n)]
+        needs = (f"reaching it took at least {', '.join(f'{_fmt_macs(least[n])} {COST_WORDS[n]}' for n in binding)}"
+                 if binding else "each cost limit alone was met by an accurate candidate, never all by one")
         return (f"no candidate satisfied {cons.describe()} together: within the cost limits the best accuracy was "
                 f"{best['accuracy']:.4g} (at {_fmt_macs(best['expected_macs'])} MACs), below min_accuracy="
-                f"{cons.min_accuracy:g}; reaching it took at least {needs}")
+                f"{cons.min_accuracy:g}; {needs}")
     return f"no candidate satisfied {cons.describe()} together"

@@ -166,7 +166,8 @@ def budget_filter(cfg: Config, space: SearchSpace, table: MacTable | None) -> Ca
     budget = cfg.train.random_max_macs
     if budget <= 0:
         return None
-    assert table is not None, "train.random_max_macs needs the run's MAC table"
+    if table is None:
+        raise ValueError("train.random_max_macs needs the run's MAC table (shared_mac_table)")
     smallest = table.backbone_costs(space.smallest())[-1]
     if budget < smallest:
         raise RunError(f"train.random_max_macs={budget:.4g} is below the smallest subnet's {smallest:.4g} MACs; "

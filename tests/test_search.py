@@ -418,6 +418,9 @@ def test_infeasible_explanations_name_the_binding_constraint() -> None:
     two = Constraints(min_accuracy=0.6, max_expected_macs=1e6, max_peak_macs=2e6)
     assert explain_infeasible(recs(two, (0.7, 8e5, 3e6, 1), (0.5, 5e5, 1e6, 1)), two).endswith(
         "below min_accuracy=0.6; reaching it took at least 3M peak MACs")
+    # accurate candidates within each cost limit, none within both: no single cost is named
+    assert explain_infeasible(recs(two, (0.7, 8e5, 3e6, 1), (0.7, 2e6, 1e6, 1), (0.5, 5e5, 1e6, 1)), two).endswith(
+        "below min_accuracy=0.6; each cost limit alone was met by an accurate candidate, never all by one")
     # no accuracy floor (or no candidate within every cost limit): only the limits can be named
     costs = Constraints(max_expected_macs=1e6, max_peak_macs=2e6)
     assert explain_infeasible(recs(costs, (0.9, 5e5, 3e6, 1), (0.9, 3e6, 1e6, 1)), costs) == (
