@@ -349,6 +349,9 @@ def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
     model = load_exported(folder, device)
     t0 = time.perf_counter()
     splits = load_splits(src)
+    splits.check_held_out(m["source"].get("held_out_digest"), folder,
+                          "its operating point would be chosen on images the supernet trained on",
+                          "Evaluate with the data it was exported with (that run's data.root and data.cache_dir)")
     order = test_order(splits.test_y, splits.num_classes, cfg.export.test_subset, src.seed)
     n = len(order)
     x_all, y_all = splits.test_x[order], splits.test_y[order]

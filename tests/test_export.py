@@ -590,6 +590,23 @@ def test_hand_designed_network_with_the_exits_given_needs_no_search(exported, tm
         run_export(typo, TINY, select="hand")
 
 
+def test_eval_refuses_an_export_of_other_held_out_images(exported, tmp_path: Path) -> None:
+    """The data changed after the export: the operating point, chosen on validation, would count
+    images the supernet trained on."""
+    from eval.evaluate import evaluate_export
+
+    cfg, front, folders = exported
+    copy = tmp_path / folders[0].name
+    shutil.copytree(folders[0], copy)
+    manifest = json.loads((copy / "arch.json").read_text())
+    assert manifest["source"]["held_out_digest"]
+    manifest["source"]["held_out_digest"] = "another-folder"
+    (copy / "arch.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunError, match=r"not those .* held out.*operating point.*Evaluate with the data"):
+        evaluate_export(copy, cfg)
+    assert not (copy / "eval.json").exists()
+
+
 def test_eval_without_exports_names_the_fix(tmp_path: Path) -> None:
     from eval.evaluate import resolve_export_dirs
 
