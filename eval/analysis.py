@@ -297,11 +297,12 @@ def rival_epochs(run: RunData) -> int:
     return max([run.cfg.train.epochs] + [lineage_epochs(run, e) for e in evaluated(run)])
 
 
-def rival_problem(run: RunData, baseline: dict[str, Any]) -> str | None:
+def rival_problem(run: RunData, baseline: dict[str, Any], needed: int | None = None) -> str | None:
     """Why a static baseline is no like-for-like rival of the run's EENs, or None: trained fewer than
-    ``rival_epochs`` (say, for the rank correlation: it would flatter the EENs), or scored on other
-    test images (a finished baseline keeps the ``export.test_subset`` it was scored with)."""
-    needed = rival_epochs(run)
+    ``needed`` epochs (by default ``rival_epochs``; say, for the rank correlation: it would flatter the
+    EENs), or scored on other test images (a finished baseline keeps the ``export.test_subset`` it was
+    scored with)."""
+    needed = rival_epochs(run) if needed is None else needed
     if baseline.get("epochs", 0) < needed:
         return f"fewer epochs than the EENs' {needed}"
     theirs, ours = baseline.get("test_images"), {e.eval.get("images") for e in evaluated(run)} - {None}
@@ -310,18 +311,19 @@ def rival_problem(run: RunData, baseline: dict[str, Any]) -> str | None:
     return None
 
 
-def like_for_like(run: RunData, baseline: dict[str, Any]) -> bool:
-    return rival_problem(run, baseline) is None
+def like_for_like(run: RunData, baseline: dict[str, Any], needed: int | None = None) -> bool:
+    return rival_problem(run, baseline, needed) is None
 
 
 # why ``short_of_static`` exports are left out of goal 3, in the report's words
 SHORT_REASON = ("inherited weights of a supernet trained fewer epochs than a like-for-like static network, or "
-                "than an EEN of the run retrained without its weights")
+                "than an EEN of the run that does not build on its weights")
 
 
-def like_for_like_statics(run: RunData, arch_key: str | None) -> list[dict[str, Any]]:
-    """The run's static networks of ``arch_key`` (no exits, trained alone) that are like-for-like rivals."""
-    return [b for b in run.baselines if arch_key and b.get("arch_key") == arch_key and like_for_like(run, b)]
+def like_for_like_statics(run: RunData, arch_key: str | None, needed: int | None = None) -> list[dict[str, Any]]:
+    """The run's static networks of ``arch_key`` (no exits, trained alone) that are like-for-like rivals
+    (trained at least ``needed`` epochs, by default ``rival_epochs``)."""
+    return [b for b in run.baselines if arch_key and b.get("arch_key") == arch_key and like_for_like(run, b, needed)]
 
 
 def short_of_static(run: RunData, e: Export) -> bool:
@@ -335,12 +337,12 @@ def short_of_static(run: RunData, e: Export) -> bool:
     fine-tune from the supernet's weights says nothing of how long the supernet itself trained."""
     if e.finetuned:
         return False
-    held = [int(b["epochs"]) for b in like_for_like_statics(run, e.manifest.get("arch_key"))]
-    if held:
-        return run.cfg.train.epochs < min(held)
-    independent = [lineage_epochs(run, x) for x in evaluated(run)
-                   if x.training in ("scratch", "static", "static+joint")]
-    return run.cfg.train.epochs < max(independent, default=0)
+    sup = run.cfg.train.epochs
+    # the bar leaves out fine-tunes from the supernet's weights (``rival_epochs`` counts them)
+    bar = max([sup] + [lineage_epochs(run, x) for x in evaluated(run)
+                       if x.training in ("scratch", "static", "static+joint")])
+    held = [int(b["epochs"]) for b in like_for_like_statics(run, e.manifest.get("arch_key"), bar)]
+    return sup < min(held, default=bar)
 
 
 def een_points(e: Export) -> list[dict[str, Any]]:

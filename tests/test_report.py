@@ -493,6 +493,11 @@ def test_savings_goal_leaves_out_a_barely_trained_supernets_exports() -> None:
     run.exports, run.baselines = [kept, tuned], []
     g = goal_savings(run)
     assert "left out" not in g.detail and g.status == "met" and "x (" in g.detail
+    # ... and with static networks of its backbone: one trained as long as the supernet is a fair match,
+    # however long the fine-tune from its weights (the bar of ``rival_epochs`` would ask for 90 epochs)
+    run.cfg.train.epochs = 80
+    run.baselines = [{"tag": "s", "arch_key": "k1", "epochs": e, "test_accuracy": 0.81} for e in (80, 90)]
+    assert "left out" not in goal_savings(run).detail
 
 
 def test_baselines_goal_takes_the_validation_choice_from_a_tradeoff_curve(run_folder) -> None:
