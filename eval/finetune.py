@@ -186,17 +186,18 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- training
 def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
           exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0,
-          frozen_backbone: bool = False, teacher: torch.nn.Module | None = None) -> dict[str, Any]:
-    """Fine-tune ``model``'s weights in place (only its exit heads with ``frozen_backbone``: the
-    backbone keeps its weights and BN statistics; the final classifier learns from ``teacher``'s
-    final logits instead of the labels when given); resumes ``ckpt_path`` when it has this fingerprint."""
+          frozen_backbone: bool = False, teacher: torch.nn.Module | None = None, *,
+          splits: Any) -> dict[str, Any]:
+    """Fine-tune ``model``'s weights in place on the training images of ``splits`` (the caller's
+    ``nachos.data.Splits``: one load per command); only its exit heads with ``frozen_backbone`` (the
+    backbone keeps its weights and BN statistics); the final classifier learns from ``teacher``'s final
+    logits instead of the labels when given. Resumes ``ckpt_path`` when it has this fingerprint."""
     from timm.optim import create_optimizer_v2
     from tqdm import tqdm
 
-    from nachos.data import load_splits, make_loader
+    from nachos.data import make_loader
 
     tc = src.train
-    splits = load_splits(src)
     loader = make_loader(src, splits.train_x, splits.train_y, device, train=True, seed=src.seed,
                          mean=splits.mean, std=splits.std)
     fmt = memory_format(tc.channels_last, device)  # as the supernet and the static baselines train
@@ -328,7 +329,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     teacher = load_static_network(static[1], model.static_net()) if teacher_kind == "static" else None
     t0 = time.perf_counter()
     info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device, warmup, frozen_backbone=init == "static",
-                 teacher=teacher)
+                 teacher=teacher, splits=splits)
     if static is not None:
         info["static_baseline" if init == "static" else "teacher"] = {
             "tag": static[0]["tag"], "checkpoint": str(static[1]), "fingerprint": static[0]["fingerprint"],

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import eval.finetune as ft
+import nachos.data
 from eval.evaluate import validation_cache
 from eval.export import load_exported, run_early_exit
 from nachos.runtime import RunError
@@ -126,7 +127,10 @@ def test_finetune_resumes_exactly_after_an_interruption(exported, tmp_path: Path
     settings = ("export.finetune_epochs=2", "export.finetune_lr=0.05", "export.onnx=false",
                 "export.torchscript=false")
     first = _cfg(tmp_path / "a", *settings)
+    loads, load_splits = [], nachos.data.load_splits
+    monkeypatch.setattr(nachos.data, "load_splits", lambda *a, **k: loads.append(1) or load_splits(*a, **k))
     straight = ft.finetune_export(_copy(parent, first), first)
+    assert len(loads) == 1  # one data load per command: training uses the splits the held-out check saw
 
     run = _cfg(tmp_path / "b", *settings)
     copy = _copy(parent, run)
