@@ -713,11 +713,9 @@ class TensorLoader:
 
 
 def make_loader(cfg: Config, x: torch.Tensor, y: torch.Tensor, device: torch.device | str, train: bool,
-                seed: int, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> TensorLoader:
-    """A loader with the config's batch size and augmentation; mean / std default to the dataset's."""
-    if mean is None or std is None:
-        data = load_dataset(cfg)
-        mean, std = data.mean, data.std
+                seed: int, *, mean: Sequence[float], std: Sequence[float]) -> TensorLoader:
+    """A loader with the config's batch size and augmentation, normalising by ``mean`` / ``std`` (the
+    splits' own, or an export's)."""
     device = torch.device(device)
     aug = cfg.data.augment
     return TensorLoader(x, y, cfg.data.batch_size if train else cfg.data.eval_batch_size, mean=mean, std=std,
