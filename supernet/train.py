@@ -162,12 +162,10 @@ def validation_subnets(space: SearchSpace, seed: int, accept: Callable[[Arch], b
 
 def budget_filter(cfg: Config, space: SearchSpace, table: MacTable | None) -> Callable[[Arch], bool] | None:
     """``train.random_max_macs`` as a predicate on whole-network MACs read from ``table`` (the run's
-    ``shared_mac_table``; only None while there is no budget), or None."""
+    ``shared_mac_table``, which callers build only when there is a budget), or None without one."""
     budget = cfg.train.random_max_macs
     if budget <= 0:
         return None
-    if table is None:
-        raise ValueError("train.random_max_macs needs the run's MAC table (shared_mac_table)")
     smallest = table.backbone_costs(space.smallest())[-1]
     if budget < smallest:
         raise RunError(f"train.random_max_macs={budget:.4g} is below the smallest subnet's {smallest:.4g} MACs; "

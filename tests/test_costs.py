@@ -72,20 +72,16 @@ def test_convention_counts_only_conv_and_linear() -> None:
     assert "convolutions and linear" in CONVENTION
 
 
-def test_expected_cost_hand_example(cifar: ElasticSupernet) -> None:
+def test_exit_costs_hand_example(cifar: ElasticSupernet) -> None:
     space = cifar.space
     arch = space.smallest()
     t = MacTable(space, cifar.head_settings)
     # given per-position costs (4 candidate positions): backbone up to each, then the whole network
     t._cache[arch] = _ArchCosts((10.0, 20.0, 30.0, 40.0, 100.0), (1.0, 2.0, 3.0, 4.0), 0, (0, 0, 0, 0))
-    ids, rates = [0, 2, 3], [0.5, 0.2, 0.2, 0.1]
-    # leave at 0: 10 + 1; at 2: 30 + 1 + 3; at 3: 40 + 1 + 3 + 4; final: 100 + 1 + 3 + 4
+    ids = [0, 2, 3]
+    # leave at 0: 10 + 1; at 2: 30 + 1 + 3; at 3: 40 + 1 + 3 + 4; final: 100 + 1 + 3 + 4 (NACHOS's reference
+    # code would count only the exit's own head, and none on the final path: 11, 33, 44, 100)
     assert t.exit_costs(arch, ids).tolist() == [11.0, 34.0, 48.0, 108.0]
-    hand = 0.5 * 11 + 0.2 * 34 + 0.2 * 48 + 0.1 * 108
-    # search's expected cost: exit shares times these cumulative costs
-    assert np.dot(rates, t.exit_costs(arch, ids)) == pytest.approx(hand) == pytest.approx(32.7)
-    # NACHOS's reference accounting (own head only, none on the final path) would say 30.9
-    assert np.dot(rates, t.exit_costs(arch, ids)) != pytest.approx(0.5 * 11 + 0.2 * 33 + 0.2 * 44 + 0.1 * 100)
     assert t.peak_cost(arch, ids) == 108.0
 
 
@@ -109,15 +105,11 @@ def test_earlier_heads_are_counted_in_later_exits(cifar: ElasticSupernet, table:
 def test_peak_bounds_expected_for_random_rates(cifar: ElasticSupernet, table: MacTable) -> None:
     space = cifar.space
     rng = random.Random(9)
-    gen = np.random.default_rng(9)
     for _ in range(30):
         arch = space.sample(rng)
         ids = random_exit_set(space, arch, rng)
         costs = table.exit_costs(arch, ids)
         assert np.all(np.diff(costs) > 0)  # leaving later always costs more
-        rates = gen.dirichlet(np.ones(len(ids) + 1))
-        expected = float(rates @ costs)
-        assert costs[0] - 1e-6 <= expected <= table.peak_cost(arch, ids) + 1e-6
         assert table.peak_cost(arch, ids) == costs[-1]
 
 
