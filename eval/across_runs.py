@@ -270,6 +270,9 @@ def length_lines(runs: list[RunData]) -> list[str]:
             rows.append([f"`{a}`" + (" (ref)" if a == ref else ""), mmacs(macs[a])] + cells)
         agree_row = []
         for e in lengths:
+            if which == 0 and e == longest:  # the reference itself
+                agree_row.append("-")
+                continue
             pairs = [(a, b) for a, b in itertools.combinations(at_longest, 2)
                      if mean(a, e, which) is not None and mean(b, e, which) is not None]
             agree = pairs_agreeing(pairs, {a: mean(a, e, which) for a in at_longest},

@@ -446,13 +446,17 @@ def finished(path: Path, cfg: Config, arch: Arch, epochs: int) -> dict[str, Any]
     return data if data.get("fingerprint") == _fingerprint(cfg, arch, epochs) else None
 
 
+def origins(b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each way of choosing networks that picked baseline ``b`` (``add_origin``), first first."""
+    first = b.get("origin") or {}
+    return [first, *first.get("also", [])]
+
+
 def add_origin(path: Path, result: dict[str, Any], origin: dict[str, Any]) -> dict[str, Any]:
     """``result`` with ``origin`` kept under ``origin["also"]`` (and written back) when another mode
     chose the finished network first: the front, matched and scored modes tag one backbone alike, and
     the report's kind column and commands would otherwise name the first mode only. Origins are told
     apart by kind (and export); a later one of a kind already held adds nothing."""
-    from eval.run_folder import origins  # the report's layers sit on top of this module
-
     first = result.get("origin") or {}
     held = origins(result)
     if any((o.get("kind"), o.get("export")) == (origin.get("kind"), origin.get("export")) for o in held):

@@ -31,9 +31,10 @@ from eval.across_runs import comparison_lines, length_lines, ranking_lines, repe
 from eval.analysis import (GOAL_MAX_LOSS, Goal, algorithm_ablation, baseline_comparison, best_een_within, evaluated,
                            exit_ablation_test, exit_ablation_val, goal_accuracy, goal_baselines, goal_savings,
                            rank_correlation, rival_problem, threshold_ablation)
+from eval.baselines import origins
 from eval.formatting import duration, mmacs, n_of, pct, points, table
 from eval.plots import TRAINING_LABEL, plot_run
-from eval.run_folder import (Export, RunData, copied_from, from_scratch, load_run, origins, pinned_overrides,
+from eval.run_folder import (Export, RunData, copied_from, from_scratch, load_run, pinned_overrides,
                              read_json, search_overrides, supernet_wall_time)
 from nachos.config import Config
 from nachos.runtime import RunError, atomic_write_text, ensure_dir

@@ -141,12 +141,6 @@ def from_scratch(run: RunData) -> list[dict[str, Any]]:
     return [b for b in run.baselines if b.get("origin", {}).get("kind") != "no-exit control"]
 
 
-def origins(b: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each way of choosing networks that picked baseline ``b`` (``eval.baselines.add_origin``), first first."""
-    first = b.get("origin") or {}
-    return [first, *first.get("also", [])]
-
-
 def baseline_seed(run: RunData, b: dict[str, Any]) -> Any:
     """The seed static network ``b`` was trained with (a copy from another run keeps that run's recipe)."""
     return (b.get("recipe") or {}).get("seed", run.cfg.seed)
