@@ -32,8 +32,9 @@ class Backend(Protocol):
 
 
 # ---------------------------------------------------------------------- constraints
-# each cost constraint and the record field it limits
+# each cost constraint, the record field it limits and that field in words
 COST_FIELDS = {"max_expected_macs": "expected_macs", "max_peak_macs": "peak_macs", "max_params": "params"}
+COST_WORDS = {"max_expected_macs": "expected MACs", "max_peak_macs": "peak MACs", "max_params": "params"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Constraints:
 
     @property
     def active(self) -> list[str]:
-        return [n for n in ("min_accuracy", "max_expected_macs", "max_peak_macs", "max_params") if getattr(self, n) > 0]
+        return [n for n in ("min_accuracy", *COST_FIELDS) if getattr(self, n) > 0]
 
     def violations(self, rec: dict[str, Any]) -> dict[str, float]:
         """Per active constraint, g (<= 0 satisfied)."""
@@ -68,20 +69,13 @@ class Constraints:
     def satisfied(self, rec: dict[str, Any]) -> bool:
         """Checked on the raw values (not the scaled g), so that a reader can recompute it."""
         return ((self.min_accuracy <= 0 or rec["accuracy"] >= self.min_accuracy)
-                and (self.max_expected_macs <= 0 or rec["expected_macs"] <= self.max_expected_macs)
-                and (self.max_peak_macs <= 0 or rec["peak_macs"] <= self.max_peak_macs)
-                and (self.max_params <= 0 or rec["params"] <= self.max_params))
+                and all(getattr(self, n) <= 0 or rec[f] <= getattr(self, n) for n, f in COST_FIELDS.items()))
 
     def describe(self) -> str:
         parts = []
         if self.min_accuracy > 0:
             parts.append(f"accuracy >= {self.min_accuracy:g}")
-        if self.max_expected_macs > 0:
-            parts.append(f"expected MACs <= {self.max_expected_macs / 1e6:.3g} M")
-        if self.max_peak_macs > 0:
-            parts.append(f"peak MACs <= {self.max_peak_macs / 1e6:.3g} M")
-        if self.max_params > 0:
-            parts.append(f"params <= {self.max_params / 1e6:.3g} M")
+        parts += [f"{COST_WORDS[n]} <= {getattr(self, n) / 1e6:.3g} M" for n in COST_FIELDS if getattr(self, n) > 0]
         return ", ".join(parts) or "none"
 
 

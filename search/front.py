@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pymoo.indicators.hv import HV
 
-from search.evaluate import COST_FIELDS, Constraints
+from search.evaluate import COST_FIELDS, COST_WORDS, Constraints
 
 Record = dict[str, Any]
 
@@ -70,9 +70,6 @@ def closest(records: list[Record], n: int = 5) -> list[Record]:
         if len(out) == n:
             break
     return out
-
-
-COST_WORDS = {"max_expected_macs": "expected MACs", "max_peak_macs": "peak MACs", "max_params": "params"}
 
 
 def explain_infeasible(records: list[Record], cons: Constraints) -> str:
