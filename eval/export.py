@@ -254,6 +254,33 @@ def parity_problems(checks: dict[str, Any], tolerance: float = 1e-3) -> list[str
                   and v < 1.0]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_staging(staging_root: Path) -> None:
+    """Clear what exports killed outright (SIGKILL, power loss) left in ``staging_root``: folders
+    ``<export>-<pid>`` and replace_dir's ``<export>-<pid>.old`` of processes no longer running.
+    A kill between replace_dir's two renames leaves the export itself missing; its old copy goes back
+    (as replace_dir does on Ctrl-C) instead of being deleted."""
+    for entry in sorted(staging_root.iterdir()):
+        name, _, pid = entry.name.removesuffix(".old").rpartition("-")
+        if not name or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        dest = staging_root.parent / name
+        if entry.name.endswith(".old") and not dest.exists():
+            os.replace(entry, dest)
+            print(f"{dest}: restored from {entry} (an export was killed while swapping it)", file=sys.stderr)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def write_export(folder: Path, model: EarlyExitModel, manifest: dict[str, Any], *, torchscript: bool, onnx: bool,
                  opset: int, check_x: torch.Tensor | None = None) -> Path:
     """Write weights, TorchScript, ONNX and arch.json into ``folder`` (replaced when complete).
@@ -263,7 +290,9 @@ def write_export(folder: Path, model: EarlyExitModel, manifest: dict[str, Any], 
     folder = Path(folder)
     # beside the exports, not among them: a job killed mid-export leaves its staging folder behind,
     # and eval, the index, the report and the archive take every folder of the export root for one
-    staging = ensure_dir(folder.parent / ".staging") / f"{folder.name}-{os.getpid()}"
+    staging_root = ensure_dir(folder.parent / ".staging")
+    sweep_staging(staging_root)
+    staging = staging_root / f"{folder.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()

@@ -201,6 +201,35 @@ def test_an_export_killed_midway_leaves_nothing_that_passes_for_an_export(tmp_pa
     assert [p.parent for p in export_root(cfg).glob(f"*/{MANIFEST}")] == [good]  # the report and the archive
 
 
+def test_the_next_export_sweeps_what_killed_exports_left_and_restores_one_killed_mid_swap(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from eval.evaluate import resolve_export_dirs
+    from eval.export import export_root, write_export
+
+    cfg = _cfg(tmp_path)
+    model = _bare_model(cfg)
+    manifest = {"description": model.description(), "thresholds": [0.5], "criterion": "softmax", "num_classes": 10,
+                "input": {"shape": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3}}
+    root = export_root(cfg)
+    a = write_export(root / "a", model, manifest, torchscript=False, onnx=False, opset=17)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead, live = finished.pid, os.getppid()
+    staging = root / ".staging"
+    # SIGKILLed between replace_dir's renames: the old copy aside, the new one complete, the export gone
+    shutil.copytree(a, staging / f"a-{dead}")
+    os.replace(a, staging / f"a-{dead}.old")
+    (staging / f"b-{dead}").mkdir()  # SIGKILLed mid-write
+    (staging / f"c-{live}").mkdir()  # another job exporting now
+    assert not (a / MANIFEST).exists()
+    d = write_export(root / "d", model, manifest, torchscript=False, onnx=False, opset=17)
+    assert resolve_export_dirs(cfg, None) == [a, d]
+    assert load_exported(a).thresholds.tolist() == [0.5]
+    assert sorted(p.name for p in staging.iterdir()) == [f"c-{live}"]
+
+
 def test_a_form_that_disagrees_with_the_model_is_reported(tmp_path: Path, monkeypatch, capsys) -> None:
     import eval.export as export_module
     from eval.export import export_root, write_export
