@@ -1,7 +1,9 @@
 """Session 33: are the 80-epoch gaps between the four near-equal-cost backbones (hand, near32 pick, C, D) larger
 than the image sampling noise of the splits? Per image correctness of each static network (run folders
 near32pick-s0/s1, baselines/*-e80.pt) on its seed's validation split and on the test split; gap to the hand
-network, mean over seeds, with a paired bootstrap over images (2,000 resamples).
+network, mean over seeds, with a paired bootstrap over images (2,000 resamples). Session 34 added the last lines:
+per pair, the share of validation images exactly one of the two gets right (d), and how many validation images one
+seed would need for a 95% half-width of 0.5 points on the gap (1.96^2 (d - gap^2) / 0.005^2, binomial pairs).
 Needs the run folders (checkpoints are not archived). Usage: .venv/bin/python docs/analysis/paired33.py"""
 import json
 from pathlib import Path
@@ -61,3 +63,13 @@ for split in ("val", "test"):
         seeds = ", ".join(f"{100 * g:+.2f}" for g in gaps)
         print(f"{split:4s} {name:4s} - hand: {100 * np.mean(gaps):+.2f} points (seeds {seeds}); "
               f"95% interval over images {100 * lo:+.2f} .. {100 * hi:+.2f}")
+
+for name, by_seed in correct["val"].items():
+    ref = correct["val"]["hand"]
+    if name == "hand" or set(by_seed) != set(ref):
+        continue
+    d = np.mean([np.mean(by_seed[s] != ref[s]) for s in sorted(ref)])
+    gap = np.mean([by_seed[s].mean() - ref[s].mean() for s in sorted(ref)])
+    need = 1.96 ** 2 * (d - gap ** 2) / 0.005 ** 2
+    print(f"val  {name:4s} vs hand: disagree on {100 * d:.1f}% of images; a +-0.5-point 95% interval in one seed "
+          f"needs {need:,.0f} validation images (this split: {len(ref[0]):,})")
