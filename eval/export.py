@@ -275,7 +275,10 @@ def sweep_staging(staging_root: Path) -> None:
             continue
         dest = staging_root.parent / name
         if entry.name.endswith(".old") and not dest.exists():
-            os.replace(entry, dest)
+            try:
+                os.replace(entry, dest)
+            except FileNotFoundError:  # another export swept it first
+                continue
             print(f"{dest}: restored from {entry} (an export was killed while swapping it)", file=sys.stderr)
         else:
             shutil.rmtree(entry, ignore_errors=True)
