@@ -230,6 +230,27 @@ def test_the_next_export_sweeps_what_killed_exports_left_and_restores_one_killed
     assert sorted(p.name for p in staging.iterdir()) == [f"c-{live}"]
 
 
+def test_two_exports_sweeping_one_killed_swap_at_once_do_not_fail(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import subprocess
+
+    import eval.export as export_module
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    staging = tmp_path / ".staging"
+    (staging / f"a-{finished.pid}.old").mkdir(parents=True)
+    real = os.replace
+
+    def the_other_was_first(src, dst):
+        real(src, dst)  # the other export puts it back between our check and our rename
+        raise FileNotFoundError(src)
+
+    monkeypatch.setattr(export_module.os, "replace", the_other_was_first)
+    export_module.sweep_staging(staging)
+    assert (tmp_path / "a").is_dir() and not any(staging.iterdir())
+
+
 def test_a_form_that_disagrees_with_the_model_is_reported(tmp_path: Path, monkeypatch, capsys) -> None:
     import eval.export as export_module
     from eval.export import export_root, write_export
