@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,7 @@ def test_the_next_export_sweeps_what_killed_exports_left_and_restores_one_killed
                 "input": {"shape": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3}}
     root = export_root(cfg)
     a = write_export(root / "a", model, manifest, torchscript=False, onnx=False, opset=17)
-    finished = subprocess.Popen(["true"])
+    finished = subprocess.Popen([sys.executable, "-c", ""])
     finished.wait()
     dead, live = finished.pid, os.getppid()
     staging = root / ".staging"
@@ -236,7 +237,7 @@ def test_two_exports_sweeping_one_killed_swap_at_once_do_not_fail(tmp_path: Path
 
     import eval.export as export_module
 
-    finished = subprocess.Popen(["true"])
+    finished = subprocess.Popen([sys.executable, "-c", ""])
     finished.wait()
     staging = tmp_path / ".staging"
     (staging / f"a-{finished.pid}.old").mkdir(parents=True)
