@@ -232,10 +232,13 @@ def scratch_accuracies(runs: list[RunData]) -> tuple[int | None, dict[str, list[
 def length_lines(runs: list[RunData]) -> list[str]:
     """Static networks trained from scratch at several lengths in ``runs`` (one per arch, length and
     seed): the mean test and validation accuracy of each at each length, the gap to the network that
-    is best at the longest, and how many pairs each length orders as the longest does. A short
-    training that ranks networks as a long one does could stand in for it (to re-score a search's
-    front); one that does not shows why a supernet's short effective training misranks them. Empty
-    unless two networks were each trained at two lengths or more."""
+    is best at the longest, and how many pairs each length orders as the longest does. Gaps and pair
+    orders are paired by seed, over the seeds both networks were trained in: a seed draws its own
+    validation split, so a network trained in one seed more than another would otherwise shift the
+    gap by that seed's split and draw. A short training that ranks networks as a long one does could
+    stand in for it (to re-score a search's front); one that does not shows why a supernet's short
+    effective training misranks them. Empty unless two networks were each trained at two lengths or
+    more."""
     acc: dict[str, dict[int, dict[Any, tuple[float, float]]]] = {}
     macs: dict[str, float] = {}
     for a, by_len in scratch_by_length(runs).items():
@@ -254,6 +257,11 @@ def length_lines(runs: list[RunData]) -> list[str]:
         vals = [v[which] for v in acc[a].get(e, {}).values()]
         return float(np.mean(vals)) if vals else None
 
+    def gap(a: str, b: str, e: int, which: int) -> float | None:
+        common = set(acc[a].get(e, {})) & set(acc[b].get(e, {}))
+        diffs = [acc[a][e][s][which] - acc[b][e][s][which] for s in common]
+        return float(np.mean(diffs)) if diffs else None
+
     at_longest = [a for a in archs if mean(a, longest, 0) is not None]
     archs.sort(key=lambda a: (-(mean(a, longest, 0) or -1.0), macs[a]))
     ref = archs[0]
@@ -263,9 +271,9 @@ def length_lines(runs: list[RunData]) -> list[str]:
         for a in archs:
             cells = []
             for e in lengths:
-                m, r = mean(a, e, which), mean(ref, e, which)
+                m, g = mean(a, e, which), gap(a, ref, e, which)
                 n = len(acc[a].get(e, {}))
-                cells.append("-" if m is None else pct(m) + ("" if a == ref or r is None else f" ({points(m - r)})")
+                cells.append("-" if m is None else pct(m) + ("" if a == ref or g is None else f" ({points(g)})")
                              + f", n={n}")
             rows.append([f"`{a}`" + (" (ref)" if a == ref else ""), mmacs(macs[a])] + cells)
         agree_row = []
@@ -273,13 +281,13 @@ def length_lines(runs: list[RunData]) -> list[str]:
             if which == 0 and e == longest:  # the reference itself
                 agree_row.append("-")
                 continue
-            pairs = [(a, b) for a, b in itertools.combinations(at_longest, 2)
-                     if mean(a, e, which) is not None and mean(b, e, which) is not None]
-            agree = pairs_agreeing(pairs, {a: mean(a, e, which) for a in at_longest},
-                                   {a: mean(a, longest, 0) for a in at_longest})
-            agree_row.append(f"{agree} of {len(pairs)}" if pairs else "-")
+            signs = [(gap(a, b, e, which), gap(a, b, longest, 0)) for a, b in itertools.combinations(at_longest, 2)]
+            signs = [(here, there) for here, there in signs if here is not None and there is not None]
+            agree = sum(here * there > 0 for here, there in signs)
+            agree_row.append(f"{agree} of {len(signs)}" if signs else "-")
         rows.append([f"pairs ordered as on test at {longest} epochs", ""] + agree_row)
-        out += [f"{split.capitalize()} accuracy (mean over seeds; gaps to the first network at the same length):",
+        out += [f"{split.capitalize()} accuracy (mean over seeds; gaps to the first network at the same length, "
+                "over the seeds both were trained in):",
                 ""] + table(["network", "MACs"] + [f"{e} epochs" for e in lengths], rows) + [""]
     return out[:-1]
 

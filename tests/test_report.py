@@ -1071,10 +1071,13 @@ def test_inherited_ranking_sets_each_supernets_order_against_training_from_scrat
 
 
 def test_static_networks_at_several_lengths_show_whether_a_short_training_ranks_as_a_long_one(tmp_path: Path) -> None:
-    a = _plant_repeat(tmp_path, "a", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None, "export.report_runs=[b]")
+    a = _plant_repeat(tmp_path, "a", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None, "export.report_runs=[b,c]")
     b = _plant_repeat(tmp_path, "b", 1, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None)
+    c = _plant_repeat(tmp_path, "c", 2, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None)
     # 80 epochs: P 82 / 84 (seeds 0, 1) above Q 81 / 81; 10 epochs: Q 69 above P 67 / 68 (reversed); R was
-    # trained at one length only and is left out; a copy of seed 0's P in run b counts once
+    # trained at one length only and is left out; a copy of seed 0's P in run b counts once. P's seed 2 (80
+    # epochs, validation 95) moves P's means, not the gaps, which pair seeds 0 and 1: unpaired, P's validation
+    # mean would rise above Q's
     for cfg, p10, p80 in ((a, 0.67, 0.82), (b, 0.68, 0.84)):
         _plant_backbone(cfg, "P", static=p10, epochs=10, val=p10 + 0.01)
         _plant_backbone(cfg, "P", static=p80, epochs=80, val=p80 - 0.02)
@@ -1082,16 +1085,18 @@ def test_static_networks_at_several_lengths_show_whether_a_short_training_ranks_
         _plant_backbone(cfg, "Q", static=0.81, epochs=80, val=0.83)
     _plant_backbone(b, "P", static=0.10, epochs=80, seed=0, file="-copy", val=0.10)
     _plant_backbone(a, "R", static=0.90, epochs=80, val=0.90)
+    _plant_backbone(c, "P", static=0.79, epochs=80, val=0.95)
     path, _ = write_report(a)
     sec = _section(path.read_text(), "lengths:a")
     test, val = sec.split("Validation accuracy")
     rows = [ln.split(" | ") for ln in test.splitlines() if ln.startswith("| ") and "---" not in ln]
     assert rows[0] == ["| network", "MACs", "10 epochs", "80 epochs |"]
-    assert rows[1][0] == "| `P` (ref)" and rows[1][2:] == ["67.50%, n=2", "83.00%, n=2 |"]
+    assert rows[1][0] == "| `P` (ref)" and rows[1][2:] == ["67.50%, n=2", "81.67%, n=3 |"]
     assert rows[2][0] == "| `Q`" and rows[2][2:] == ["69.00% (+1.50 points), n=2", "81.00% (-2.00 points), n=2 |"]
     assert rows[3][2:] == ["0 of 1", "- |"] and len(rows) == 4
     vrows = [ln.split(" | ") for ln in val.splitlines() if ln.startswith("| `")]
     # validation at 80 epochs: P 81.0 against Q 83.0, the other way round from test
+    assert vrows[0][2:] == ["68.50%, n=2", "85.67%, n=3 |"]
     assert vrows[1][2:] == ["70.00% (+1.50 points), n=2", "83.00% (+2.00 points), n=2 |"]
     assert [ln for ln in val.splitlines() if ln.startswith("| pairs")][0].endswith("| 0 of 1 | 0 of 1 |")
 
