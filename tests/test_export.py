@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -174,6 +176,18 @@ def _bare_model(cfg) -> EarlyExitModel:
     return EarlyExitModel(net, [0.5], "softmax").eval()
 
 
+def _bare_manifest(model: EarlyExitModel) -> dict:
+    return {"description": model.description(), "thresholds": [0.5], "criterion": "softmax", "num_classes": 10,
+            "input": {"shape": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3}}
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (what an export killed outright leaves in its folder names)."""
+    finished = subprocess.Popen([sys.executable, "-c", ""])
+    finished.wait()
+    return finished.pid
+
+
 def test_an_export_killed_midway_leaves_nothing_that_passes_for_an_export(tmp_path: Path, monkeypatch,
                                                                           capsys) -> None:
     import eval.export as export_module
@@ -183,8 +197,7 @@ def test_an_export_killed_midway_leaves_nothing_that_passes_for_an_export(tmp_pa
     cfg = _cfg(tmp_path)
     torch.manual_seed(0)
     model, x = _bare_model(cfg), torch.randn(8, 3, 32, 32)
-    manifest = {"description": model.description(), "thresholds": [0.5], "criterion": "softmax", "num_classes": 10,
-                "input": {"shape": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3}}
+    manifest = _bare_manifest(model)
     good = write_export(export_root(cfg) / "good", model, manifest, torchscript=False, onnx=False, opset=17,
                         check_x=x)
     assert "WARNING" not in capsys.readouterr().err  # the forms agree: no warning
@@ -203,21 +216,15 @@ def test_an_export_killed_midway_leaves_nothing_that_passes_for_an_export(tmp_pa
 
 
 def test_the_next_export_sweeps_what_killed_exports_left_and_restores_one_killed_mid_swap(tmp_path: Path) -> None:
-    import os
-    import subprocess
-
     from eval.evaluate import resolve_export_dirs
     from eval.export import export_root, write_export
 
     cfg = _cfg(tmp_path)
     model = _bare_model(cfg)
-    manifest = {"description": model.description(), "thresholds": [0.5], "criterion": "softmax", "num_classes": 10,
-                "input": {"shape": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3}}
+    manifest = _bare_manifest(model)
     root = export_root(cfg)
     a = write_export(root / "a", model, manifest, torchscript=False, onnx=False, opset=17)
-    finished = subprocess.Popen([sys.executable, "-c", ""])
-    finished.wait()
-    dead, live = finished.pid, os.getppid()
+    dead, live = _dead_pid(), os.getppid()
     staging = root / ".staging"
     # SIGKILLed between replace_dir's renames: the old copy aside, the new one complete, the export gone
     shutil.copytree(a, staging / f"a-{dead}")
@@ -232,15 +239,10 @@ def test_the_next_export_sweeps_what_killed_exports_left_and_restores_one_killed
 
 
 def test_two_exports_sweeping_one_killed_swap_at_once_do_not_fail(tmp_path: Path, monkeypatch) -> None:
-    import os
-    import subprocess
-
     import eval.export as export_module
 
-    finished = subprocess.Popen([sys.executable, "-c", ""])
-    finished.wait()
     staging = tmp_path / ".staging"
-    (staging / f"a-{finished.pid}.old").mkdir(parents=True)
+    (staging / f"a-{_dead_pid()}.old").mkdir(parents=True)
     real = os.replace
 
     def the_other_was_first(src, dst):
@@ -258,8 +260,7 @@ def test_a_form_that_disagrees_with_the_model_is_reported(tmp_path: Path, monkey
 
     cfg = _cfg(tmp_path)
     model = _bare_model(cfg)
-    manifest = {"description": model.description(), "thresholds": [0.5], "criterion": "softmax", "num_classes": 10,
-                "input": {"shape": [3, 32, 32], "mean": [0.0] * 3, "std": [1.0] * 3}}
+    manifest = _bare_manifest(model)
     monkeypatch.setattr(export_module, "parity_checks", lambda *a: {"images": 8, "onnx_max_abs_diff": 0.2,
                                                                     "onnx_same_exits": 0.875,
                                                                     "torchscript_max_abs_diff": 1e-7,
