@@ -259,7 +259,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except (PermissionError, OverflowError):  # another user's process; digits that are no pid: leave it be
         return True
     return True
 
@@ -271,7 +271,7 @@ def sweep_staging(staging_root: Path) -> None:
     (as replace_dir does on Ctrl-C) instead of being deleted."""
     for entry in sorted(staging_root.iterdir()):
         name, _, pid = entry.name.removesuffix(".old").rpartition("-")
-        if not name or not pid.isdigit() or _pid_alive(int(pid)):
+        if not entry.is_dir() or not name or not pid.isdigit() or _pid_alive(int(pid)):
             continue
         dest = staging_root.parent / name
         if entry.name.endswith(".old") and not dest.exists():

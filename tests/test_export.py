@@ -228,13 +228,15 @@ def test_the_next_export_sweeps_what_killed_exports_left_and_restores_one_killed
     staging = root / ".staging"
     # SIGKILLed between replace_dir's renames: the old copy aside, the new one complete, the export gone
     shutil.copytree(a, staging / f"a-{dead}")
+    newer = json.loads((staging / f"a-{dead}" / MANIFEST).read_text())
+    (staging / f"a-{dead}" / MANIFEST).write_text(json.dumps(dict(newer, thresholds=[0.7])))
     os.replace(a, staging / f"a-{dead}.old")
     (staging / f"b-{dead}").mkdir()  # SIGKILLed mid-write
     (staging / f"c-{live}").mkdir()  # another job exporting now
     assert not (a / MANIFEST).exists()
     d = write_export(root / "d", model, manifest, torchscript=False, onnx=False, opset=17)
     assert resolve_export_dirs(cfg, None) == [a, d]
-    assert load_exported(a).thresholds.tolist() == [0.5]
+    assert load_exported(a).thresholds.tolist() == [0.5]  # the old copy, as replace_dir puts back on Ctrl-C
     assert sorted(p.name for p in staging.iterdir()) == [f"c-{live}"]
 
 

@@ -3,7 +3,9 @@ than the image sampling noise of the splits? Per image correctness of each stati
 near32pick-s0/s1, baselines/*-e80.pt) on its seed's validation split and on the test split; gap to the hand
 network, mean over seeds, with a paired bootstrap over images (2,000 resamples). Session 34 added the last lines:
 per pair, the share of validation images exactly one of the two gets right (d), and how many validation images one
-seed would need for a 95% half-width of 0.5 points on the gap (1.96^2 (d - gap^2) / 0.005^2, binomial pairs).
+seed would need for a 95% half-width of 0.5 points on the gap (1.96^2 (d - gap^2) / 0.005^2, binomial pairs; image
+sampling only, not the spread between training seeds; telling a true 0.5-point gap from none 80% of the time needs
+about twice as many).
 Needs the run folders (checkpoints are not archived). Usage: .venv/bin/python docs/analysis/paired33.py"""
 import json
 from pathlib import Path
@@ -64,8 +66,8 @@ for split in ("val", "test"):
         print(f"{split:4s} {name:4s} - hand: {100 * np.mean(gaps):+.2f} points (seeds {seeds}); "
               f"95% interval over images {100 * lo:+.2f} .. {100 * hi:+.2f}")
 
+ref = correct["val"]["hand"]
 for name, by_seed in correct["val"].items():
-    ref = correct["val"]["hand"]
     if name == "hand" or set(by_seed) != set(ref):
         continue
     d = np.mean([np.mean(by_seed[s] != ref[s]) for s in sorted(ref)])
