@@ -236,10 +236,10 @@ def length_lines(runs: list[RunData]) -> list[str]:
     orders are paired by seed, over the seeds both networks were trained in: a seed draws its own
     validation split, so a network trained in one seed more than another would otherwise shift the
     gap by that seed's split and draw. The first network is the one with the best mean at the longest;
-    over the seeds they share, another may still show a positive gap to it. A short training that ranks networks as a long one does could
-    stand in for it (to re-score a search's front); one that does not shows why a supernet's short
-    effective training misranks them. Empty unless two networks were each trained at two lengths or
-    more."""
+    over the seeds they share, another may still show a positive gap to it. A short training that
+    ranks networks as a long one does could stand in for it (to re-score a search's front); one that
+    does not shows why a supernet's short effective training misranks them. Empty unless two networks
+    were each trained at two lengths or more."""
     acc: dict[str, dict[int, dict[Any, tuple[float, float]]]] = {}
     macs: dict[str, float] = {}
     for a, by_len in scratch_by_length(runs).items():
