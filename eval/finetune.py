@@ -47,7 +47,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,6 +63,8 @@ from supernet.space import Arch
 from supernet.static import StaticEENet
 from supernet.train import autocast_factory, member_loss, warmup_cosine
 
+if TYPE_CHECKING:
+    from nachos.data import Splits
 
 NAME_TAGS = {"inherited": "ft", "scratch": "scratch", "static": "heads"}
 
@@ -187,7 +189,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
           exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0,
           frozen_backbone: bool = False, teacher: torch.nn.Module | None = None, *,
-          splits: Any) -> dict[str, Any]:
+          splits: Splits) -> dict[str, Any]:
     """Fine-tune ``model``'s weights in place on the training images of ``splits`` (the caller's
     ``nachos.data.Splits``: one load per command); only its exit heads with ``frozen_backbone`` (the
     backbone keeps its weights and BN statistics); the final classifier learns from ``teacher``'s final

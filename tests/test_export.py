@@ -233,11 +233,14 @@ def test_the_next_export_sweeps_what_killed_exports_left_and_restores_one_killed
     os.replace(a, staging / f"a-{dead}.old")
     (staging / f"b-{dead}").mkdir()  # SIGKILLed mid-write
     (staging / f"c-{live}").mkdir()  # another job exporting now
+    (staging / f"z-{dead}.old").write_text("")  # no folder of ours: not put back as an export
+    (staging / f"y-{'9' * 30}").mkdir()  # digits that are no pid
     assert not (a / MANIFEST).exists()
     d = write_export(root / "d", model, manifest, torchscript=False, onnx=False, opset=17)
     assert resolve_export_dirs(cfg, None) == [a, d]
     assert load_exported(a).thresholds.tolist() == [0.5]  # the old copy, as replace_dir puts back on Ctrl-C
-    assert sorted(p.name for p in staging.iterdir()) == [f"c-{live}"]
+    assert sorted(p.name for p in staging.iterdir()) == sorted([f"c-{live}", f"y-{'9' * 30}", f"z-{dead}.old"])
+    assert not (root / "z").exists()
 
 
 def test_two_exports_sweeping_one_killed_swap_at_once_do_not_fail(tmp_path: Path, monkeypatch) -> None:
