@@ -254,10 +254,13 @@ class CandidateEvaluator:
         return rec["expected_latency"] if self.latency else rec["expected_macs"]
 
     def refine(self, arch: Arch, exits: tuple[int, ...], start: tuple[int, ...], generation: int) -> dict[str, Any]:
-        """The best thresholds of this (backbone, exit set) under the expected-MACs budget."""
+        """The best thresholds of this (backbone, exit set): the most accurate under the expected-MACs
+        budget, or, with no budget but an accuracy floor, the cheapest above the floor (the most accurate
+        would be the backbone without exits)."""
         budget = self.search.max_expected_macs if self.search.max_expected_macs > 0 else math.inf
+        floor = self.search.min_accuracy if budget == math.inf and self.search.min_accuracy > 0 else None
         sc = self.scorer(arch, exits)
-        j, _, _ = refine_thresholds(sc, budget, start=np.array(start, dtype=np.int64))
+        j, _, _ = refine_thresholds(sc, budget, start=np.array(start, dtype=np.int64), min_accuracy=floor)
         return self.record(Genome(arch, exits, tuple(int(t) for t in j)), "refined", generation)
 
     def evaluate(self, genomes: list[Genome], archive: Archive, generation: int,

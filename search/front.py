@@ -77,18 +77,21 @@ def explain_infeasible(records: list[Record], cons: Constraints) -> str:
     if not records:
         return "no candidate was evaluated"
     alone = {name: [r for r in records if r["violations"].get(name, 0.0) <= 0] for name in cons.active}
+    # a backbone over the cost limits is never run: its accuracy of 0 says nothing about the floor
+    scored = [r for r in records if r.get("scored", True)]
     for name, ok in alone.items():
-        if ok:
+        if ok or (name == "min_accuracy" and not scored):
             continue
         if name == "min_accuracy":
-            best = max(records, key=lambda r: (r["accuracy"], -r["expected_macs"]))
+            best = max(scored, key=lambda r: (r["accuracy"], -r["expected_macs"]))
             return (f"no candidate reached min_accuracy={cons.min_accuracy:g}; best was {best['accuracy']:.4g} "
                     f"at {_fmt_macs(best['expected_macs'])} MACs")
         field = COST_FIELDS[name]
         best = min(records, key=lambda r: (r[field], -r["accuracy"]))
         unit = "params" if field == "params" else "MACs"
+        how = f"accuracy {best['accuracy']:.4g}" if best.get("scored", True) else "not run: over the cost limits"
         return (f"no candidate reached {name}={getattr(cons, name):.4g}; the lowest {field} was "
-                f"{_fmt_macs(best[field])} {unit} (accuracy {best['accuracy']:.4g})")
+                f"{_fmt_macs(best[field])} {unit} ({how})")
     # each constraint alone is reachable, not all together: report the accuracy within the cost limits
     cost_ok = [r for r in records if all(r["violations"].get(n, 0.0) <= 0 for n in cons.active if n != "min_accuracy")]
     if cost_ok and cons.min_accuracy > 0:

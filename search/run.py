@@ -190,7 +190,9 @@ class Runner:
         front = pareto_front(feasible, self.cost_key)
         hv = hypervolume(front, self.ref, self.cost_key)
         hv_random = None
-        if main != "random" and "random" in self.phases:
+        # a random phase left from a run resumed with random_baseline off is partial: not a baseline
+        baseline = main != "random" and self.cfg.search.random_baseline and "random" in self.phases
+        if baseline:
             rf = [r for r in self.phases["random"].archive.records if r["feasible"]]
             hv_random = hypervolume(pareto_front(rf, self.cost_key), self.ref, self.cost_key)
         message, code, near = "", 0, []
@@ -213,7 +215,7 @@ class Runner:
         write_front(self.dir, {"algorithm": main, "metric": self.cfg.search.metric, "cost_key": self.cost_key,
                                "constraints": dataclasses.asdict(cons), "reference_point": self.ref.to_dict(),
                                "hypervolume": hv, "front": front, "message": message, "closest": near})
-        archives = {name: p.archive.records for name, p in self.phases.items()}
+        archives = {name: p.archive.records for name, p in self.phases.items() if name == main or baseline}
         title = f"{self.cfg.name}: {len(recs)} candidates, {len(front)} admissible on the front, HV {hv:.4f}"
         png = plot_front(self.dir / "pareto.png", archives, front, cons, self.cost_key, self.cfg.data.name, title)
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=1))

@@ -307,6 +307,30 @@ def _check_front(search_dir: Path, cfg: Config, backend: FakeBackend) -> list[di
     return front
 
 
+def test_refinement_without_a_budget_seeks_the_cheapest_above_the_floor(tmp_path: Path) -> None:
+    floor = 0.5
+    cfg = fake_cfg(tmp_path, "search.max_expected_macs=0", f"search.min_accuracy={floor}")
+    res = fake_search(cfg)
+    cands = [json.loads(line) for line in (res.search_dir / "candidates.jsonl").read_text().splitlines()]
+    by_pair: dict[tuple, list[dict]] = {}
+    for c in cands:
+        if c["scored"] and c["exits"]:
+            by_pair.setdefault((c["arch_key"], tuple(c["exits"])), []).append(c)
+    checked = 0
+    for recs in by_pair.values():
+        refined = [c for c in recs if c["threshold_source"] == "refined"]
+        accurate = [c for c in recs if c["accuracy"] >= floor]
+        if not refined or not accurate:
+            continue
+        checked += 1
+        # the refined thresholds reach the floor at no more MACs than any other thresholds of the pair
+        assert refined[0]["accuracy"] >= floor
+        assert refined[0]["expected_macs"] <= min(c["expected_macs"] for c in accurate) + 1e-6
+    assert checked >= 3
+    # and they exit early: cheaper than the same backbone and exits with no exit taken
+    assert any(c["expected_macs"] < c["peak_macs"] for c in cands if c["threshold_source"] == "refined")
+
+
 def test_search_front_satisfies_constraints(tmp_path: Path) -> None:
     cfg = fake_cfg(tmp_path, "search.max_peak_macs=4e5", "search.max_params=2e4", "search.random_baseline=true")
     res = fake_search(cfg)
@@ -347,6 +371,28 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path, monkeypatch: pytest
     res = fake_search(cfg, True)
     for name in ("candidates.jsonl", "pareto.json", "history.json"):
         assert (res.search_dir / name).read_text() == (full.search_dir / name).read_text(), name
+
+
+def test_a_random_phase_cut_short_is_no_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = fake_cfg(tmp_path, "search.random_baseline=true")
+    original, seen = Runner.on_generation, {"n": 0}
+
+    def killed_in_random(self: Runner, phase, generation: int) -> None:
+        original(self, phase, generation)
+        seen["n"] += 1
+        if seen["n"] == cfg.search.generations + 1:  # the random baseline's first generation
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Runner, "on_generation", killed_in_random)
+    with pytest.raises(KeyboardInterrupt):
+        fake_search(cfg)
+    monkeypatch.setattr(Runner, "on_generation", original)
+    history = json.loads((cfg.run_dir / "search" / "history.json").read_text())
+    assert 1 <= len(history["random"]["generations"]) < cfg.search.generations  # the partial phase was saved
+    # resumed with the baseline switched off: no comparison with the partial random search
+    res = fake_search(fake_cfg(tmp_path, "search.random_baseline=false"), resume=True)
+    assert res.hypervolume_random is None and res.summary["hypervolume_ratio_vs_random"] is None
+    assert res.front
 
 
 def test_search_seed_reseeds_the_search_not_the_split(tmp_path: Path) -> None:
@@ -425,6 +471,15 @@ def test_infeasible_explanations_name_the_binding_constraint() -> None:
     costs = Constraints(max_expected_macs=1e6, max_peak_macs=2e6)
     assert explain_infeasible(recs(costs, (0.9, 5e5, 3e6, 1), (0.9, 3e6, 1e6, 1)), costs) == (
         "no candidate satisfied expected MACs <= 1 M, peak MACs <= 2 M together")
+    # every backbone over the cost limit, so none was run (accuracy 0 by convention): the cost binds, not
+    # the accuracy floor
+    unrun = [dict(r, scored=False) for r in recs(both, (0.0, 2e6, 4e6, 1), (0.0, 3e6, 5e6, 1))]
+    assert explain_infeasible(unrun, both) == (
+        "no candidate reached max_expected_macs=1e+06; the lowest expected_macs was 2M MACs (not run: over the "
+        "cost limits)")
+    # one run below the floor beside unrun ones: the floor is judged on the run one alone
+    assert explain_infeasible(unrun + recs(both, (0.5, 8e5, 4e6, 1)), both) == (
+        "no candidate reached min_accuracy=0.6; best was 0.5 at 0.8M MACs")
 
 
 def test_cost_infeasible_backbones_are_never_run(tmp_path: Path) -> None:
