@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import sys
 import time
@@ -57,8 +56,8 @@ import torch.nn.functional as F
 import yaml
 
 from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config, ConfigError, config_to_dict, saved_config_here
-from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format,
-                            resolve_device, resume_training, rng_state, seed_everything)
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, json_digest,
+                            memory_format, resolve_device, resume_training, rng_state, seed_everything)
 from supernet.space import Arch, SearchSpace
 from supernet.train import autocast_factory, warmup_cosine
 
@@ -288,8 +287,7 @@ def recipe(cfg: Config) -> dict[str, Any]:
 
 
 def _fingerprint(cfg: Config, arch: Arch, epochs: int) -> str:
-    text = json.dumps({"recipe": recipe(cfg), "arch": arch.to_dict(), "epochs": epochs}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_digest({"recipe": recipe(cfg), "arch": arch.to_dict(), "epochs": epochs})
 
 
 def mac_table(cfg: Config) -> tuple[Any, str]:

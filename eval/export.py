@@ -24,7 +24,6 @@ a half export behind; re-exporting the same solution replaces its folder.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -43,7 +42,7 @@ from eval.onnx_runner import MANIFEST, OnnxEarlyExitRunner, read_manifest, sha25
 from eval.runtime import EarlyExitModel, build_model, script_model
 from exits.policies import decide_exits_np
 from nachos.config import Config, config_to_dict
-from nachos.runtime import RunError, atomic_write_text, ensure_dir, replace_dir
+from nachos.runtime import RunError, atomic_write_text, ensure_dir, json_digest, replace_dir
 from supernet.bn import recalibrate_bn
 from supernet.costs import profile_exit_costs
 from supernet.space import Arch
@@ -67,8 +66,7 @@ Record = dict[str, Any]
 
 # ----------------------------------------------------------------------------- small helpers
 def config_hash(cfg: Config) -> str:
-    text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_digest(config_to_dict(cfg), compact=True)
 
 
 def make_hint(target: str, cfg: Config, config_path: str | None) -> str:

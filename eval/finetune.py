@@ -57,8 +57,8 @@ from eval.export import (FORMAT, Exporter, check_images, export_root, load_expor
 from eval.onnx_runner import MANIFEST, read_manifest
 from eval.runtime import EarlyExitModel
 from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config
-from nachos.runtime import (RunError, atomic_torch_save, memory_format, resolve_device, resume_training,
-                            rng_state, seed_everything)
+from nachos.runtime import (RunError, atomic_torch_save, json_digest, memory_format, resolve_device,
+                            resume_training, rng_state, seed_everything)
 from supernet.space import Arch
 from supernet.static import StaticEENet
 from supernet.train import autocast_factory, member_loss, warmup_cosine
@@ -162,7 +162,7 @@ def _fingerprint(manifest: dict[str, Any], src: Config, init: str, epochs: int, 
     else:  # fresh weights: only the network's shape carries over, so a re-export (whose BN statistics
         # may differ in the last bits) must not throw away hours of training
         recipe.update(init=init, warmup_epochs=warmup_epochs, network=manifest["description"])
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(recipe)
 
 
 def finished_with(out: Path, fp: str, lr: float, lr_key: str) -> bool:

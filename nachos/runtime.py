@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -56,6 +58,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     # cuDNN autotuning stays off: it pays only for shapes met again, and the supernet and the search
     # meet a new layer shape at nearly every step (each sampled subnet slices other widths and kernels).
     torch.backends.cudnn.benchmark = False
+
+
+def json_digest(obj: Any, length: int = 16, compact: bool = False) -> str:
+    """Stable hex id of a JSON-able object (keys sorted, anything else as its str). ``compact`` drops
+    the separators' spaces: the two forms give different ids, and an id already stored in run folders,
+    caches and exports must keep its form."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":") if compact else None, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def ensure_dir(path: str | Path) -> Path:

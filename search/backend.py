@@ -16,8 +16,8 @@ import torch
 
 from nachos.config import Config, saved_differences
 from nachos.data import calibration_batches, load_splits, make_loader, tensor_digest
-from nachos.runtime import RunError, resolve_device
-from search.cache import CacheStore, Timer, bytes_digest, compute_cache, fingerprint
+from nachos.runtime import RunError, json_digest, resolve_device
+from search.cache import CacheStore, Timer, bytes_digest, compute_cache
 from search.scoring import BackboneCache
 from supernet.space import Arch, SearchSpace
 from supernet.static import HeadSettings
@@ -158,13 +158,13 @@ class SupernetBackend:
 
     def _fingerprint(self) -> str:
         splits = self.splits
-        return fingerprint({
+        return json_digest({
             "checkpoint": self._ckpt_digest, "val": tensor_digest(splits.val_x, splits.val_y),
             # data.train_subset picks these images without touching the validation split
             "calibration": tensor_digest(*self.calibration_batches()),
             "criterion": self.criterion, "bn_calib_batches": self.cfg.search.bn_calib_batches,
             "batch_size": self.cfg.data.batch_size, "seed": self.cfg.seed, "device": self.device.type,
-        })
+        }, length=20)
 
     @property
     def splits(self) -> Any:

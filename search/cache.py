@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
 import zipfile
 from collections.abc import Iterable
@@ -29,10 +28,6 @@ from nachos.runtime import RunError, atomic_write_bytes, ensure_dir
 from search.scoring import BackboneCache
 from supernet.bn import recalibrate_bn
 from supernet.space import Arch
-
-
-def fingerprint(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def bytes_digest(data: bytes) -> str:

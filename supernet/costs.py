@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -80,7 +79,7 @@ import torch
 import torch.nn as nn
 
 from nachos.config import Config, ExitsConfig, SpaceConfig
-from nachos.runtime import RunError, atomic_write_text, resolve_device
+from nachos.runtime import RunError, atomic_write_text, json_digest, resolve_device
 from supernet.space import Arch, BlockSpec, SearchSpace
 from supernet.static import FinalClassifier, HeadSettings, MBConv, StaticEENet, make_stem
 
@@ -348,8 +347,7 @@ def heads_hash(heads: HeadSettings, num_classes: int) -> str:
     settings = heads.to_dict()
     if heads.max_map == HeadSettings.max_map:
         del settings["max_map"]
-    text = json.dumps({**settings, "num_classes": num_classes}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_digest({**settings, "num_classes": num_classes}, compact=True)
 
 
 def table_path(cfg: Config, metric: str = "macs", device: torch.device | str | None = None) -> Path:

@@ -20,6 +20,7 @@ from typing import Any
 from timm.layers import make_divisible
 
 from nachos.config import SpaceConfig, StageConfig
+from nachos.runtime import json_digest
 
 INACTIVE = 0  # kernel / expand-ratio entry of a block beyond the stage's active depth
 
@@ -332,8 +333,7 @@ class SearchSpace:
 
     def space_hash(self) -> str:
         """Stable id of the space config: a supernet checkpoint or cost table belongs to one space."""
-        text = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return json_digest(dataclasses.asdict(self.cfg), compact=True)
 
     # ------------------------------------------------------------------ exits
     def _build_positions(self, mode: str) -> list[ExitPosition]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import multiprocessing
 import os
 import random
@@ -14,8 +16,8 @@ import pytest
 import torch
 
 from nachos.config import load_config
-from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, memory_format, replace_dir,
-                            resolve_device, rng_state, seed_everything, set_rng_state)
+from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, json_digest, memory_format,
+                            replace_dir, resolve_device, rng_state, seed_everything, set_rng_state)
 from nachos.tracking import Tracker, read_offline_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +107,18 @@ def test_unwritable_path_gives_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(RunError, match="cannot write to"):
         ensure_dir(blocker / "sub")  # a file stands where the folder should be
+
+
+def test_json_digest_ignores_key_order_and_keeps_the_ids_runs_stored():
+    a = {"b": [1, 2.5], "a": {"y": None, "x": Path("runs/x")}}
+    b = {"a": {"x": Path("runs/x"), "y": None}, "b": [1, 2.5]}
+    assert json_digest(a) == json_digest(b) and len(json_digest(a)) == 16 and len(json_digest(a, 20)) == 20
+    assert json_digest(a) != json_digest({**a, "b": [1, 2.6]})
+    # the forms that supernet checkpoints, MAC tables, caches and exports were stamped with before the helper
+    spaced = json.dumps(a, sort_keys=True, default=str)
+    compact = json.dumps(a, sort_keys=True, separators=(",", ":"), default=str)
+    assert json_digest(a, 20) == hashlib.sha256(spaced.encode()).hexdigest()[:20]
+    assert json_digest(a, compact=True) == hashlib.sha256(compact.encode()).hexdigest()[:16] != json_digest(a)
 
 
 def test_resolve_device():
