@@ -91,15 +91,35 @@ def with_exit_weight(src: Config, weight: float, backbone_grad: float = 1.0) -> 
     return dataclasses.replace(src, exits=exits)
 
 
-def static_backbone(run_dir: Path, arch_key: str, min_epochs: int) -> tuple[dict[str, Any], Path]:
-    """The run's static baseline of this arch trained >= ``min_epochs`` (the longest-trained one):
-    its record and checkpoint; a RunError naming the command that trains it otherwise, or when the
-    checkpoint no longer holds the network the record describes."""
-    found = []
+def data_split(cfg: Config) -> dict[str, Any]:
+    """What decides which training images are held out for validation (``data.train_subset`` and
+    ``data.val_subset`` only thin the two parts)."""
+    return {"name": cfg.data.name, "val_fraction": cfg.data.val_fraction, "seed": cfg.seed}
+
+
+def static_backbone(run_dir: Path, arch_key: str, min_epochs: int,
+                    split: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The run's static baseline of this arch trained >= ``min_epochs`` on the train part of ``split``
+    (the longest-trained one): its record and checkpoint; a RunError naming the command that trains
+    it otherwise, or when the checkpoint no longer holds the network the record describes."""
+    found, other_split = [], []
     for path in sorted((run_dir / "baselines").glob("*.json")):
         rec = json.loads(path.read_text())
         if rec.get("arch_key") == arch_key and rec.get("epochs", 0) >= min_epochs and path.with_suffix(".pt").is_file():
+            recipe = rec.get("recipe", {})
+            theirs = {**recipe.get("data", {}), "seed": recipe.get("seed")}
+            # a baseline copied in from another seed's run trained on some of this split's validation
+            # images, where the exits' thresholds are chosen
+            if any(theirs.get(k) != v for k, v in split.items()):
+                other_split.append(f"{path.name} ({', '.join(f'{k} {theirs.get(k)}' for k in split)})")
+                continue
             found.append((rec, path.with_suffix(".pt")))
+    if not found and other_split:
+        raise RunError(f"export.finetune_init=static / finetune_teacher=static: the static baselines of this arch "
+                       f"under {run_dir / 'baselines'} were trained on another train/validation split than this "
+                       f"export's ({', '.join(f'{k} {v}' for k, v in split.items())}): {'; '.join(other_split)}; "
+                       "their training images include this export's validation images; train one with this run's "
+                       "config: nachos baseline --config <config> <export folder>")
     if not found:
         raise RunError(f"export.finetune_init=static needs a static baseline of this arch ({arch_key}) trained for at "
                        f">= {min_epochs} epochs under {run_dir / 'baselines'}; train it first: nachos baseline "
@@ -300,7 +320,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     fp = _fingerprint(m, src, init, epochs, lr, warmup)
     static = None
     if init == "static" or teacher_kind == "static":  # the export folder sits in <run_dir>/export/
-        static = static_backbone(folder.parent.parent, m["arch_key"], src.train.epochs)
+        static = static_backbone(folder.parent.parent, m["arch_key"], src.train.epochs, data_split(src))
         kd = "" if teacher_kind == "none" else teacher_kind  # (keeps the fingerprints of heads-only exports)
         fp = hashlib.sha256((fp + kd + static[0]["fingerprint"]).encode()).hexdigest()[:16]
     if finished_with(out, fp, lr, "export.finetune_lr" if init == "inherited" else "train.lr"):

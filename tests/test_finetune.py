@@ -274,14 +274,21 @@ def test_a_static_baseline_serves_only_while_its_checkpoint_is_the_network_its_r
     """A retrain of the same tag overwrites the checkpoint every epoch but the record only at its end."""
     folder = tmp_path / "baselines"
     folder.mkdir()
-    rec = {"tag": "hand", "arch_key": "k", "epochs": 4, "fingerprint": "aaaa"}
+    split = {"name": "cifar10", "val_fraction": 0.1, "seed": 0}
+    recipe = {"seed": 0, "data": {"name": "cifar10", "val_fraction": 0.1, "train_subset": 0}}
+    rec = {"tag": "hand", "arch_key": "k", "epochs": 4, "fingerprint": "aaaa", "recipe": recipe}
     (folder / "hand.json").write_text(json.dumps(rec))
     torch.save({"fingerprint": "aaaa", "epoch": 4}, folder / "hand.pt")
-    assert ft.static_backbone(tmp_path, "k", 4) == (rec, folder / "hand.pt")
+    assert ft.static_backbone(tmp_path, "k", 4, split) == (rec, folder / "hand.pt")
     for written in ({"fingerprint": "bbbb", "epoch": 1}, {"fingerprint": "aaaa", "epoch": 3}):
         torch.save(written, folder / "hand.pt")
         with pytest.raises(RunError, match="does not hold the network hand.json records .* let it finish"):
-            ft.static_backbone(tmp_path, "k", 4)
+            ft.static_backbone(tmp_path, "k", 4, split)
+    # a baseline copied from a run of another seed (or held-out share) trained on this split's validation images
+    torch.save({"fingerprint": "aaaa", "epoch": 4}, folder / "hand.pt")
+    for other in ({"seed": 1}, {"val_fraction": 0.2}):
+        with pytest.raises(RunError, match=r"another train/validation split .* hand.json \(.*\).*nachos baseline"):
+            ft.static_backbone(tmp_path, "k", 4, {**split, **other})
 
 
 @pytest.mark.slow
