@@ -173,6 +173,11 @@ def matched_backbones(cfg: Config, front: list[dict[str, Any]], k: int) -> list[
         cache = read_cache(cfg.run_dir / "search" / "cache", arch)
         if cache is not None:
             scored.append((float(table.backbone_costs(arch)[-1]), float(cache.correct[-1].mean()), arch))
+    if archs and not scored:
+        raise RunError(f"{cfg.run_dir / 'search' / 'cache'}: none of the {len(archs)} backbones the search scored has "
+                       "its prediction cache there (a run folder rebuilt from an archive keeps no caches), so no "
+                       "static network can be matched; rerun the search (make search: it recomputes them) or "
+                       "name the networks: export.baselines=archs export.baseline_archs=[...]")
     cheapest = min((c[0] for c in scored), default=float("inf"))
     front = sorted(front, key=lambda r: r["expected_macs"])
     matchable = [r for r in front if r["expected_macs"] >= cheapest]
@@ -344,6 +349,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     space = SearchSpace.from_config(cfg.space)
     space.validate(arch)
     fp = _fingerprint(cfg, arch, epochs)
+    table, table_source = mac_table(cfg)  # before training: a damaged table must not cost the epochs
 
     splits = load_splits(cfg)
     mean, std = splits.mean, splits.std
@@ -408,7 +414,6 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     test_acc, n_test = accuracy(model, test_loader, fmt)
     eval_seconds = time.perf_counter() - t_eval
 
-    table, table_source = mac_table(cfg)
     macs = table.peak_cost(arch, [])
     params = table.params(arch, [])
     static = StaticEENet.from_config(cfg.space, cfg.exits, arch, []).eval()

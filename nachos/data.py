@@ -543,6 +543,9 @@ def split_indices(labels: torch.Tensor, num_classes: int, val_fraction: float, s
     class-balanced, seeded; held out = val before ``val_subset`` thins it (all that train lacks
     but ``train_subset``'s thinning)."""
     n_val = round(val_fraction * len(labels))
+    if n_val < num_classes:  # every validation score would rest on less than one image per class
+        raise RunError(f"data.val_fraction={val_fraction:g} holds out {n_val} of {len(labels)} training images, fewer "
+                       f"than one per class ({num_classes}); raise it (default 0.1)")
     held_out = balanced_pick(labels, n_val, num_classes, derived_generator(seed, "val"))
     keep = torch.ones(len(labels), dtype=torch.bool)
     keep[held_out] = False

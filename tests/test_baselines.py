@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import eval.baselines as baselines
+from nachos.runtime import RunError
 from supernet.space import SearchSpace
 from supernet.static import StaticEENet
 from tests.test_report import tiny_cfg
@@ -32,6 +33,18 @@ def test_baselines_train_under_autocast_but_are_scored_without_it(tmp_path: Path
     baselines.train_static(cfg, arch, 1, "probe", tmp_path / "b")
     assert {on for training, on in seen if training} == {True}  # training keeps amp
     assert [on for training, on in seen if not training] and not any(on for training, on in seen if not training)
+
+
+def test_a_damaged_mac_table_stops_a_baseline_before_it_trains(tmp_path: Path, monkeypatch) -> None:
+    cfg = tiny_cfg(tmp_path)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "macs.json").write_text('{"format": "nachos-macs", "entr')  # cut short by a crash
+    steps = []
+    monkeypatch.setattr(StaticEENet, "forward", lambda self, *a, **k: steps.append(1))
+    arch = SearchSpace.from_config(cfg.space).sample(random.Random(3))
+    with pytest.raises(RunError, match="macs.json"):
+        baselines.train_static(cfg, arch, 1, "probe", tmp_path / "b")
+    assert steps == [] and not (tmp_path / "b" / "probe.pt").exists()
 
 
 def test_static_rivals_train_as_long_as_the_eens_backbones_did() -> None:

@@ -117,6 +117,10 @@ def test_split_indices_stratify_imbalanced_labels():
     train, val, _ = split_indices(labels, 2, 0.1, seed=3)
     assert torch.bincount(labels[val]).tolist() == [8, 2]
     assert len(train) == 90 and not set(train.tolist()) & set(val.tolist())
+    # a share that rounds to less than one image per class is named, not turned into empty scores
+    with pytest.raises(RunError, match=r"val_fraction=0.01 holds out 1 of 100 .* one per class \(2\); raise it"):
+        split_indices(labels, 2, 0.01, seed=3)
+    assert len(split_indices(labels, 2, 0.02, seed=3)[1]) == 2
 
 
 # ----------------------------------------------------------------------------- MNIST and other formats

@@ -328,6 +328,10 @@ def test_matched_baselines_are_the_most_accurate_scored_backbone_within_each_sol
     CacheStore(caches, "synthetic").save(archs[cheap], cache)
     picks = choose_baselines(cfg, "matched", len(front))
     assert [(t, o["kind"]) for t, _, o in picks] == [(f"backbone-{cheap}", "matched static")]
+    # a folder without its caches (rebuilt from an archive) matches nothing: said, not a silent empty list
+    shutil.rmtree(caches)
+    with pytest.raises(RunError, match=r"none of the \d+ backbones .* prediction cache .*baseline_archs"):
+        choose_baselines(cfg, "matched", len(front))
     assert {s["id"] for s in picks[0][2]["solutions"]} == {r["id"] for r in front if r["expected_macs"] >= macs[cheap]}
     assert picks[0][2]["inherited_val_accuracy"] == 1.0
     with pytest.raises(RunError, match="no search result"):
