@@ -174,10 +174,12 @@ def budget_filter(cfg: Config, space: SearchSpace, table: MacTable | None) -> Ca
 
 
 def inplace_distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, kind: str) -> torch.Tensor:
-    """Soft targets from the largest subnet: KL, or AlphaNet's adaptive alpha-divergence."""
+    """Soft targets from the largest subnet: KL, or AlphaNet's adaptive alpha-divergence, each scaled
+    by T^2 so that the temperature does not change the gradient's scale (nor switching between them)."""
     if kind == "kl":
         return exit_losses.distill_kl(student, teacher, temperature)
-    return alpha_divergence(student.float() / temperature, teacher.detach().float() / temperature)
+    t = temperature
+    return alpha_divergence(student.float() / t, teacher.detach().float() / t) * (t * t)
 
 
 def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, alpha_min: float = -1.0, alpha_max: float = 1.0,

@@ -396,6 +396,20 @@ def test_alpha_divergence_is_zero_at_the_teacher_and_pulls_towards_it() -> None:
     assert torch.isfinite(loss) and torch.isfinite(student.grad).all() and student.grad[0, 0] < 0
 
 
+def test_distillation_gradients_keep_their_scale_across_temperatures() -> None:
+    """Both losses scale by T^2 (Hinton et al.): at a high temperature the soft-target gradient of
+    logits z is ~ (z_s - z_t) / (N T^2) before the scale, so T^2 brings it back to the T=1 scale."""
+    teacher = torch.tensor([[0.3, 0.0, -0.2]])
+    norms = {}
+    for kind in ("kl", "alpha"):
+        for t in (1.0, 4.0):
+            student = torch.zeros(1, 3, requires_grad=True)
+            train.inplace_distill_loss(student, teacher, t, kind).backward()
+            norms[kind, t] = float(student.grad.norm())
+    for kind in ("kl", "alpha"):
+        assert norms[kind, 4.0] == pytest.approx(norms[kind, 1.0], rel=0.1)
+
+
 class Recorder:
     """Stands in for the W&B tracker: keeps every logged row in memory."""
 
