@@ -36,7 +36,7 @@ from eval.runtime import EarlyExitModel
 from exits.metrics import expected_calibration_error
 from exits.policies import decide_exits
 from nachos.config import Config, ConfigError, saved_config_here
-from nachos.runtime import RunError, atomic_write_text, memory_format, resolve_device
+from nachos.runtime import RunError, atomic_write_text, memory_format, resolve_device, synchronize
 
 DEPLOY_STEPS = 40  # deployment_grid: thresholds 0, 0.025, ..., 1 besides the search's own
 
@@ -93,11 +93,6 @@ def test_order(labels: torch.Tensor, num_classes: int, subset: int, seed: int) -
 
 
 # ----------------------------------------------------------------------------- latency
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_pair(images: list[Any], early: Callable[[Any], Any], full: Callable[[Any], Any], warmup: int,
               device: torch.device, repeats: int = 1) -> tuple[list[float], list[float]]:
     """Seconds per call of ``early`` and ``full`` on each image (batch 1), the two alternating
@@ -106,7 +101,7 @@ def time_pair(images: list[Any], early: Callable[[Any], Any], full: Callable[[An
     for k in range(min(warmup, len(images))):
         early(images[k])
         full(images[k])
-    _sync(device)
+    synchronize(device)
     t_early, t_full = [], []
     for k, x in enumerate(images):
         got: tuple[list[float], list[float]] = ([], [])
@@ -115,7 +110,7 @@ def time_pair(images: list[Any], early: Callable[[Any], Any], full: Callable[[An
             for fn, out in order:
                 start = time.perf_counter()
                 fn(x)
-                _sync(device)
+                synchronize(device)
                 out.append(time.perf_counter() - start)
         t_early.append(float(np.median(got[0])))
         t_full.append(float(np.median(got[1])))

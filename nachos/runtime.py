@@ -37,6 +37,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it times that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def memory_format(channels_last: bool, device: torch.device | str) -> torch.memory_format:
     """The memory format networks train and validate in: channels_last where ``train.channels_last``
     asks for it and the device is not a GPU. On CPU it pays: oneDNN's depthwise and 1x1 convolutions

@@ -79,7 +79,7 @@ import torch
 import torch.nn as nn
 
 from nachos.config import Config, ExitsConfig, SpaceConfig
-from nachos.runtime import RunError, atomic_write_text, json_digest, resolve_device
+from nachos.runtime import RunError, atomic_write_text, json_digest, resolve_device, synchronize
 from supernet.space import Arch, BlockSpec, SearchSpace
 from supernet.static import FinalClassifier, HeadSettings, MBConv, StaticEENet, make_stem
 
@@ -122,11 +122,6 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def cpu_clock() -> Callable[[], float]:
     """The CPU latency clock: the process's CPU time when torch runs one thread (the time a
     process that had the core to itself would take; preemption on a shared machine does not
@@ -146,17 +141,17 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int], device: torch
     x = torch.randn(1, *input_shape, device=device)
     for _ in range(warmup):
         module(x)
-    _sync(device)
+    synchronize(device)
     start = clock()
     module(x)
-    _sync(device)
+    synchronize(device)
     calls = max(1, min(1000, int(round_s / max(clock() - start, 1e-6))))
     per_call = []
     for _ in range(rounds):
         start = clock()
         for _ in range(calls):
             module(x)
-        _sync(device)
+        synchronize(device)
         per_call.append((clock() - start) / calls)
     return float(statistics.median(per_call))
 

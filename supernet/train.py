@@ -233,13 +233,16 @@ class ExitCosts:
 
     def __init__(self, space: SearchSpace, table: MacTable) -> None:
         self.space, self.table = space, table
-        self.cache: dict[Arch, torch.Tensor] = {}
+        # the largest and smallest recur every step; random members rarely do (a whole run would
+        # keep tens of thousands of them), and the table's own cache holds their entries
+        self.cache: dict[Arch, torch.Tensor] = {a: self._costs(a) for a in (space.largest(), space.smallest())}
+
+    def _costs(self, arch: Arch) -> torch.Tensor:
+        return torch.as_tensor(self.table.exit_costs(arch, self.space.available_exits(arch)), dtype=torch.float32)
 
     def __call__(self, arch: Arch) -> torch.Tensor:
-        if arch not in self.cache:  # the largest and smallest recur every step
-            costs = self.table.exit_costs(arch, self.space.available_exits(arch))
-            self.cache[arch] = torch.as_tensor(costs, dtype=torch.float32)
-        return self.cache[arch]
+        cached = self.cache.get(arch)
+        return cached if cached is not None else self._costs(arch)
 
 
 # ----------------------------------------------------------------------------- support set

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -459,7 +460,11 @@ def test_exit_costs_are_cumulative_and_match_ptflops(tmp_path: Path) -> None:
     model = train.create_supernet(cfg)
     reference = profile_exit_costs(model.extract(space.largest()))
     assert big.tolist() == pytest.approx(reference.tolist())
-    assert costs(space.largest()) is big  # cached per arch
+    assert costs(space.largest()) is big and costs(space.smallest()) is small  # the two that recur are kept
+    others = {space.sample(random.Random(i)) for i in range(20)} - {space.largest(), space.smallest()}
+    for arch in others:
+        assert costs(arch).tolist() == pytest.approx(train.ExitCosts(space, costs.table)(arch).tolist())
+    assert len(costs.cache) == 2  # random members are not kept: a run draws tens of thousands
 
 
 def test_member_label_weight_mixes_labels_into_the_distilled_loss(tmp_path: Path) -> None:
