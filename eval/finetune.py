@@ -44,6 +44,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,8 +53,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from eval.export import (FORMAT, Exporter, check_images, export_root, load_exported, select_solutions,
-                         write_export)
+from eval.export import (FORMAT, Exporter, check_images, export_root, load_exported, load_search_result, make_hint,
+                         select_solutions, write_export)
 from eval.onnx_runner import MANIFEST, read_manifest
 from eval.runtime import EarlyExitModel
 from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config
@@ -157,15 +158,27 @@ def load_static_backbone(net: StaticEENet, ckpt_path: Path) -> None:
 # ----------------------------------------------------------------------------- which exports
 def parents(cfg: Config, export_dir: str | None, config_path: str | None = None) -> list[Path]:
     """The exports to fine-tune: the one given, else those of the run's exports (not fine-tuned
-    themselves) that ``export.select`` picks by their validation accuracy and expected MACs."""
+    themselves) that ``export.select`` picks by their validation accuracy and expected MACs; an index
+    means what it means to ``nachos export``: that solution of the search's front (pareto.csv)."""
     from eval.evaluate import resolve_export_dirs
 
     folders = resolve_export_dirs(cfg, export_dir, config_path)
     if export_dir and len(folders) == 1:
         return folders
     manifests = [(f, read_manifest(f)[1]) for f in folders]
+    manifests = [(f, m) for f, m in manifests if "finetune" not in m]
+    if not manifests:
+        raise RunError(f"every export under {export_root(cfg)} is a fine-tuned one already; export a solution "
+                       f"first ({make_hint('export', cfg, config_path)}) or name the export folder to fine-tune")
+    if re.fullmatch(r"-?\d+", cfg.export.select.strip()):
+        (i, _), = select_solutions(load_search_result(cfg, config_path)[1]["front"], cfg.export.select)
+        found = [f for f, m in manifests if m.get("source", {}).get("front_index") == i]
+        if not found:
+            raise RunError(f"export.select={cfg.export.select}: front solution {i} (pareto.csv) has not been exported; "
+                           f"export it first with export.select={i} ({make_hint('export', cfg, config_path)})")
+        return found[:1]
     candidates = [(f, {"accuracy": m["validation"]["accuracy"], "expected_macs": m["expected_macs"]})
-                  for f, m in manifests if "finetune" not in m]
+                  for f, m in manifests]
     chosen = select_solutions([rec for _, rec in candidates], cfg.export.select)
     return [candidates[i][0] for i, _ in chosen]
 

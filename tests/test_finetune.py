@@ -61,6 +61,29 @@ def _skip_training(monkeypatch) -> list[dict]:
     return calls
 
 
+def test_an_index_picks_the_same_front_solution_as_nachos_export(exported, tmp_path: Path) -> None:
+    cfg, front, folders = exported
+    cfg = dataclasses.replace(cfg, out_dir=str(tmp_path))
+    shutil.copytree(exported[0].run_dir, cfg.run_dir)  # a copy: exports are removed below
+    index = {json.loads((f / "arch.json").read_text())["source"]["front_index"]: f.name for f in folders}
+    assert sorted(index) == list(range(len(front))) == [0, 1]
+    assert sorted(index.values()) != [index[i] for i in range(len(front))]  # folder order is not front order
+    for i in (0, 1, -1):
+        picked = ft.parents(dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, select=str(i))), None)
+        assert [p.name for p in picked] == [index[i % len(front)]]
+    one = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, select="1"))
+    shutil.rmtree(cfg.run_dir / "export" / index[1])
+    with pytest.raises(RunError, match=r"front solution 1 \(pareto.csv\) has not been exported.*export.select=1"):
+        ft.parents(one, None)
+    with pytest.raises(RunError, match=r"the admissible front has 2 solutions"):
+        ft.parents(dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, select="2")), None)
+    # only fine-tuned exports left: said so, not "the search found no admissible solution"
+    manifest = cfg.run_dir / "export" / index[0] / "arch.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "finetune": {"epochs": 1}}))
+    with pytest.raises(RunError, match="every export under .* is a fine-tuned one already"):
+        ft.parents(one, None)
+
+
 def _two_exit_export(exported) -> tuple:
     cfg, front, folders = exported
     folder = next(f for f in folders if len(json.loads((f / "arch.json").read_text())["exits"]) == 2)
