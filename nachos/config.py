@@ -173,8 +173,8 @@ class SearchConfig:
 
 @dataclass
 class ExportConfig:
-    select: str = _f("best", help="'best', 'all', an index (of the search's front as pareto.csv lists it; finetune: that solution's "
-                     "export), 'acc>=0.8' or 'macs<=2.7e6'; export only: 'hand' (the "
+    select: str = _f("best", help="'best', 'all', an index (of the search's front as pareto.csv lists it; "
+                     "finetune: that solution's export), 'acc>=0.8' or 'macs<=2.7e6'; export only: 'hand' (the "
                      "space's hand-designed network with the exits and thresholds of max_accuracy_drop)")
     max_accuracy_drop: float = _f(0.005, lo=0.0, hi=1.0, help="exits chosen for a fixed backbone (export.select=hand, "
                                   "eval's operating point): the cheapest exits and thresholds whose validation "
