@@ -222,9 +222,10 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
           exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0,
           frozen_backbone: bool = False, teacher: torch.nn.Module | None = None, *,
-          splits: Splits) -> dict[str, Any]:
+          splits: Splits, normalise: dict[str, list[float]]) -> dict[str, Any]:
     """Fine-tune ``model``'s weights in place on the training images of ``splits`` (the caller's
-    ``nachos.data.Splits``: one load per command); only its exit heads with ``frozen_backbone`` (the
+    ``nachos.data.Splits``: one load per command), normalised by ``normalise`` (the export manifest's
+    ``input``: what validation and deployment use); only its exit heads with ``frozen_backbone`` (the
     backbone keeps its weights and BN statistics); the final classifier learns from ``teacher``'s final
     logits instead of the labels when given. Resumes ``ckpt_path`` when it has this fingerprint."""
     from timm.optim import create_optimizer_v2
@@ -233,8 +234,10 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     from nachos.data import make_loader
 
     tc = src.train
+    # not the statistics of the data read now: the held-out check covers the validation images only,
+    # so a changed train part would train on inputs other than those the export sees
     loader = make_loader(src, splits.train_x, splits.train_y, device, train=True, seed=src.seed,
-                         mean=splits.mean, std=splits.std)
+                         mean=normalise["mean"], std=normalise["std"])
     fmt = memory_format(tc.channels_last, device)  # as the supernet and the static baselines train
     net = model.static_net().to(device, memory_format=fmt)
     net.backbone_grad = src.exits.backbone_grad
@@ -364,7 +367,7 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
     teacher = load_static_network(static[1], model.static_net()) if teacher_kind == "static" else None
     t0 = time.perf_counter()
     info = train(model, src, ckpt_path, fp, epochs, lr, exit_costs, device, warmup, frozen_backbone=init == "static",
-                 teacher=teacher, splits=splits)
+                 teacher=teacher, splits=splits, normalise=m["input"])
     if static is not None:
         info["static_baseline" if init == "static" else "teacher"] = {
             "tag": static[0]["tag"], "checkpoint": str(static[1]), "fingerprint": static[0]["fingerprint"],

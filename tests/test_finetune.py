@@ -84,6 +84,33 @@ def test_an_index_picks_the_same_front_solution_as_nachos_export(exported, tmp_p
         ft.parents(one, None)
 
 
+def test_training_normalises_images_as_the_export_does(exported, tmp_path: Path, monkeypatch) -> None:
+    """Validation and deployment normalise with the export's statistics; training must too, even
+    where statistics of the data read now differ (a changed train part passes the held-out check)."""
+    cfg, parent = _two_exit_export(exported)
+    run = _cfg(tmp_path, "export.finetune_epochs=1")
+    parent = _copy(parent, run)
+    manifest = json.loads((parent / "arch.json").read_text())
+    mean, std = [0.25, 0.5, 0.75], [0.2, 0.3, 0.4]
+    manifest["input"].update(mean=mean, std=std)
+    (parent / "arch.json").write_text(json.dumps(manifest))
+    seen, make_loader = [], nachos.data.make_loader
+
+    class Stop(Exception):
+        pass
+
+    def recording(cfg, x, y, device, train, seed, mean=None, std=None, **kw):
+        if train:
+            seen.append((list(mean), list(std)))
+            raise Stop
+        return make_loader(cfg, x, y, device, train=train, seed=seed, mean=mean, std=std, **kw)
+
+    monkeypatch.setattr(nachos.data, "make_loader", recording)
+    with pytest.raises(Stop):
+        ft.finetune_export(parent, run)
+    assert seen == [(pytest.approx(mean), pytest.approx(std))]
+
+
 def _two_exit_export(exported) -> tuple:
     cfg, front, folders = exported
     folder = next(f for f in folders if len(json.loads((f / "arch.json").read_text())["exits"]) == 2)
