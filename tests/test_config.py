@@ -138,6 +138,14 @@ def test_values_no_run_can_use_are_named(overrides, pattern):
         load_config(CIFAR, overrides, device_type="cpu")
 
 
+def test_an_item_of_a_list_the_file_leaves_out_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "x"}))  # space.stages left to the defaults
+    with pytest.raises(ConfigError, match=r"'space\.stages\.0\.widths': the config file does not give space\.stages, "
+                                          r"so there is no item 0 .*space\.stages=\[\.\.\.\]"):
+        load_config(path, ["space.stages.0.widths=[16]"], device_type="cpu")
+
+
 def test_string_fields_keep_the_text_as_written():
     cfg = load_config(CIFAR, ["name=010", "data.root=1.10", "export.select=0x10", "export.hand_arch='w16[k3e1] f128'",
                               'export.baseline_archs=["w16[k3e1] f128", "w24[k3e1] f128"]'], device_type="cpu")
