@@ -64,6 +64,8 @@ def exit_probabilities(conf: torch.Tensor) -> torch.Tensor:
     p_i = c_i * prod_{j<i} (1 - c_j); the last row is the final classifier's share, the mass left
     after every exit: prod_j (1 - c_j). Columns sum to 1. Differentiable (used by the losses).
     """
+    if conf.shape[0] == 0:  # no exit: everything reaches the final classifier
+        return torch.ones(1, conf.shape[1], dtype=conf.dtype, device=conf.device)
     survive = torch.cumprod(1.0 - conf, dim=0)  # prod_{j<=i} (1 - c_j)
     before = torch.cat([torch.ones_like(conf[:1]), survive[:-1]], dim=0)  # prod_{j<i}
     return torch.cat([conf * before, survive[-1:]], dim=0)

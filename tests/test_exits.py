@@ -97,6 +97,7 @@ def test_exit_probabilities_sum_to_one() -> None:
     torch.testing.assert_close(probs.sum(0), torch.ones(2))
     # The cumulative sums of p are the scores the thresholds are compared with.
     torch.testing.assert_close(probs[:-1].cumsum(0), P.exit_scores(conf, "learned"))
+    torch.testing.assert_close(P.exit_probabilities(conf[:0]), torch.ones(1, 2))  # no exit: all at the final
 
 
 def test_threshold_one_disables_an_exit() -> None:
