@@ -298,9 +298,9 @@ def _fingerprint(cfg: Config, arch: Arch, epochs: int) -> str:
 def mac_table(cfg: Config) -> tuple[Any, str]:
     """The run's MACs table when it has one, else an in-memory table that measures just the
     entries asked for (the whole table takes about a minute to build)."""
-    from supernet.costs import MacTable, TableMismatchError
+    from supernet.costs import MacTable, TableMismatchError, table_path
 
-    path = cfg.run_dir / "macs.json"
+    path = table_path(cfg)
     space = SearchSpace.from_config(cfg.space)
     if path.is_file():
         try:
