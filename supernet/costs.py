@@ -438,13 +438,15 @@ class MacTable:
                            f"{todo[0].key} and this process runs on {here!r}: rebuild it on the target device: "
                            f"{rebuild_hint(self.metric)}")
         want = {it.key for it in todo}
-        modules: dict[str, nn.Module] = {}
+        modules: dict[tuple[str, int], nn.Module] = {}
         obs: dict[str, list[float]] = {}
 
-        def module_of(item: Item) -> nn.Module:
-            if item.key not in modules:
-                modules[item.key] = item.make().to(self.device).eval()
-            return modules[item.key]
+        def module_of(item: Item, slot: int = 0) -> nn.Module:
+            # one module per chain position: a stage repeats a block's configuration, and one object run
+            # back to back would be timed with its weights already in cache, as no real network runs
+            if (item.key, slot) not in modules:
+                modules[item.key, slot] = item.make().to(self.device).eval()
+            return modules[item.key, slot]
 
         # A single missing entry (lazy fill) is timed alone; a build times every entry inside
         # carrier networks that together contain every configuration (see time_in_situ).
@@ -453,8 +455,8 @@ class MacTable:
             chains = [c for c in carrier_chains(self.space, self.heads, rng) if any(it.key in want for it, _ in c)]
             for chain in tqdm(chains, desc="latency table", unit="net", disable=not show, mininterval=1.0,
                               dynamic_ncols=True):
-                times = time_in_situ([(module_of(it), head) for it, head in chain], chain[0][0].input_shape,
-                                     self.device)
+                times = time_in_situ([(module_of(it, j), head) for j, (it, head) in enumerate(chain)],
+                                     chain[0][0].input_shape, self.device)
                 for j, (it, _) in enumerate(chain):
                     if it.key in want:
                         obs.setdefault(it.key, []).extend(times[:, j].tolist())

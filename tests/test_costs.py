@@ -208,10 +208,21 @@ def test_head_max_map_enters_the_table_id_only_away_from_its_default() -> None:
     assert heads_hash(HeadSettings(max_map=4), 10) != heads_hash(HeadSettings(), 10)
 
 
-def test_latency_table_on_tiny_space(tmp_path: Path) -> None:
-    cfg = _cfg("tiny.yaml")
+def test_latency_table_on_tiny_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import supernet.costs as costs_module
+
+    cfg = _cfg("tiny.yaml", "space.stages.2.depths=[1,3]")  # a stage whose blocks 1 and 2 share a configuration
     space = SearchSpace.from_config(cfg.space)
+    timed, time_in_situ = [], costs_module.time_in_situ
+
+    def recording(pairs, *args, **kwargs):
+        timed.append([m for m, _ in pairs])
+        return time_in_situ(pairs, *args, **kwargs)
+
+    monkeypatch.setattr(costs_module, "time_in_situ", recording)
     t = MacTable.build(space, cfg.exits, "latency", path=tmp_path / "latency-cpu.json", progress=False)
+    # a block configuration repeated within a carrier runs as separate modules, as in a real network
+    assert timed and all(len({id(m) for m in chain}) == len(chain) for chain in timed)
     assert len(t) == len(enumerate_items(space, t.heads))
     assert all(0 < c < 1.0 and math.isfinite(c) for c, _ in t.entries.values())
     arch = space.largest()
