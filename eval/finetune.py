@@ -168,15 +168,22 @@ def parents(cfg: Config, export_dir: str | None, config_path: str | None = None)
     manifests = [(f, read_manifest(f)[1]) for f in folders]
     manifests = [(f, m) for f, m in manifests if "finetune" not in m]
     if not manifests:
-        raise RunError(f"every export under {export_root(cfg)} is a fine-tuned one already; export a solution "
-                       f"first ({make_hint('export', cfg, config_path)}) or name the export folder to fine-tune")
+        raise RunError(f"every export under {export_dir or export_root(cfg)} is a fine-tuned one already; export a "
+                       f"solution first ({make_hint('export', cfg, config_path)}) or name the export folder to "
+                       "fine-tune")
     if re.fullmatch(r"-?\d+", cfg.export.select.strip()):
-        (i, _), = select_solutions(load_search_result(cfg, config_path)[1]["front"], cfg.export.select)
-        found = [f for f, m in manifests if m.get("source", {}).get("front_index") == i]
+        (i, rec), = select_solutions(load_search_result(cfg, config_path)[1]["front"], cfg.export.select)
+        # the solution itself, not its index: an export of an earlier search kept its old front_index
+        same = ("arch_key", "exits", "threshold_idx")
+        found = [f for f, m in manifests if all(m.get(k) == rec.get(k) for k in same)]
         if not found:
-            raise RunError(f"export.select={cfg.export.select}: front solution {i} (pareto.csv) has not been exported; "
-                           f"export it first with export.select={i} ({make_hint('export', cfg, config_path)})")
-        return found[:1]
+            raise RunError(f"export.select={cfg.export.select}: front solution {i} (pareto.csv) has not been exported "
+                           f"(or only from an earlier search); export it first with export.select={i} "
+                           f"({make_hint('export', cfg, config_path)})")
+        if len(found) > 1:
+            raise RunError(f"export.select={cfg.export.select}: front solution {i} was exported more than once "
+                           f"({', '.join(f.name for f in found)}); name the export folder to fine-tune")
+        return found
     candidates = [(f, {"accuracy": m["validation"]["accuracy"], "expected_macs": m["expected_macs"]})
                   for f, m in manifests]
     chosen = select_solutions([rec for _, rec in candidates], cfg.export.select)

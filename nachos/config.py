@@ -428,8 +428,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
             node[part] = value
         else:
             if not isinstance(node.get(part), (dict, list)):
-                if parts[i + 1].isdigit():  # a list the file does not spell out: its items are not here
-                    whole = ".".join(parts[: i + 1])
+                whole = ".".join(parts[: i + 1])
+                # a list the file does not spell out: its items are not here to change
+                if part not in node and parts[i + 1].isdigit() and typing.get_origin(_field_type(whole)) is list:
                     raise ConfigError(f"bad override key {dotted!r}: the config file does not give {whole}, so "
                                       f"there is no item {parts[i + 1]} to change; give the whole list ({whole}=[...]) "
                                       "or write it in the file")

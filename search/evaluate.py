@@ -256,7 +256,8 @@ class CandidateEvaluator:
     def refine(self, arch: Arch, exits: tuple[int, ...], start: tuple[int, ...], generation: int) -> dict[str, Any]:
         """The best thresholds of this (backbone, exit set): the most accurate under the expected-MACs
         budget, or, with no budget but an accuracy floor, the cheapest above the floor (the most accurate
-        would be the backbone without exits)."""
+        would be the backbone without exits). Cheapest in expected MACs, as the budget counts them,
+        also when ``search.metric=latency`` ranks the front by latency."""
         budget = self.search.max_expected_macs if self.search.max_expected_macs > 0 else math.inf
         floor = self.search.min_accuracy if budget == math.inf and self.search.min_accuracy > 0 else None
         sc = self.scorer(arch, exits)

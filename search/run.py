@@ -147,11 +147,18 @@ class Runner:
                   f"{len(feasible)} admissible (best {best}), {backbones} backbones, hypervolume {hv:.4f}, "
                   f"{time.perf_counter() - self._t0:.0f} s", file=sys.stderr, flush=True)
 
+    def _shown(self) -> dict[str, Phase]:
+        """The phases the outputs hold: the main algorithm's, and the random baseline's while it is
+        on (a random phase left by a run resumed with it off is a search cut short: no baseline)."""
+        s = self.cfg.search
+        return {name: p for name, p in self.phases.items() if name == s.algorithm or s.random_baseline}
+
     def _write_progress(self) -> None:
-        records = [r for p in self.phases.values() for r in p.archive.records]
+        shown = self._shown()
+        records = [r for p in shown.values() for r in p.archive.records]
         write_candidates(self.dir / "candidates.jsonl", records)
         history = {name: {"reference_point": self.ref.to_dict(), "generations": p.history}
-                   for name, p in self.phases.items()}
+                   for name, p in shown.items()}
         atomic_write_text(self.dir / "history.json", json.dumps(history, indent=1))
 
     def _phase(self, name: str, total: int, run: Any) -> Phase:
@@ -190,10 +197,9 @@ class Runner:
         front = pareto_front(feasible, self.cost_key)
         hv = hypervolume(front, self.ref, self.cost_key)
         hv_random = None
-        # a random phase left from a run resumed with random_baseline off is partial: not a baseline
-        baseline = main != "random" and self.cfg.search.random_baseline and "random" in self.phases
-        if baseline:
-            rf = [r for r in self.phases["random"].archive.records if r["feasible"]]
+        shown = self._shown()
+        if main != "random" and "random" in shown:
+            rf = [r for r in shown["random"].archive.records if r["feasible"]]
             hv_random = hypervolume(pareto_front(rf, self.cost_key), self.ref, self.cost_key)
         message, code, near = "", 0, []
         if not front:
@@ -215,7 +221,7 @@ class Runner:
         write_front(self.dir, {"algorithm": main, "metric": self.cfg.search.metric, "cost_key": self.cost_key,
                                "constraints": dataclasses.asdict(cons), "reference_point": self.ref.to_dict(),
                                "hypervolume": hv, "front": front, "message": message, "closest": near})
-        archives = {name: p.archive.records for name, p in self.phases.items() if name == main or baseline}
+        archives = {name: p.archive.records for name, p in shown.items()}
         title = f"{self.cfg.name}: {len(recs)} candidates, {len(front)} admissible on the front, HV {hv:.4f}"
         png = plot_front(self.dir / "pareto.png", archives, front, cons, self.cost_key, self.cfg.data.name, title)
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=1))

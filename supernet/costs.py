@@ -442,8 +442,9 @@ class MacTable:
         obs: dict[str, list[float]] = {}
 
         def module_of(item: Item, slot: int = 0) -> nn.Module:
-            # one module per chain position: a stage repeats a block's configuration, and one object run
-            # back to back would be timed with its weights already in cache, as no real network runs
+            # ``slot``: how many times the entry came before in this carrier. A stage repeats a block's
+            # configuration, and one object run back to back would be timed with its weights already in
+            # cache, as no real network runs; a copy per repeat (not per position) keeps memory low
             if (item.key, slot) not in modules:
                 modules[item.key, slot] = item.make().to(self.device).eval()
             return modules[item.key, slot]
@@ -455,8 +456,9 @@ class MacTable:
             chains = [c for c in carrier_chains(self.space, self.heads, rng) if any(it.key in want for it, _ in c)]
             for chain in tqdm(chains, desc="latency table", unit="net", disable=not show, mininterval=1.0,
                               dynamic_ncols=True):
-                times = time_in_situ([(module_of(it, j), head) for j, (it, head) in enumerate(chain)],
-                                     chain[0][0].input_shape, self.device)
+                keys = [it.key for it, _ in chain]
+                pairs = [(module_of(it, keys[:j].count(it.key)), head) for j, (it, head) in enumerate(chain)]
+                times = time_in_situ(pairs, chain[0][0].input_shape, self.device)
                 for j, (it, _) in enumerate(chain):
                     if it.key in want:
                         obs.setdefault(it.key, []).extend(times[:, j].tolist())

@@ -144,6 +144,11 @@ def test_an_item_of_a_list_the_file_leaves_out_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"'space\.stages\.0\.widths': the config file does not give space\.stages, "
                                           r"so there is no item 0 .*space\.stages=\[\.\.\.\]"):
         load_config(path, ["space.stages.0.widths=[16]"], device_type="cpu")
+    # a key that holds one value is named as such, whether the file gives it or not
+    for tree in ({"name": "x"}, {"name": "x", "train": {"epochs": 3}}):
+        path.write_text(yaml.safe_dump(tree))
+        with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer|train\.epochs holds a single"):
+            load_config(path, ["train.epochs.0=5"], device_type="cpu")
 
 
 def test_string_fields_keep_the_text_as_written():

@@ -77,9 +77,21 @@ def test_an_index_picks_the_same_front_solution_as_nachos_export(exported, tmp_p
         ft.parents(one, None)
     with pytest.raises(RunError, match=r"the admissible front has 2 solutions"):
         ft.parents(dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, select="2")), None)
+    # a second copy of solution 0: which one is meant cannot be told
+    zero = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, select="0"))
+    shutil.copytree(cfg.run_dir / "export" / index[0], cfg.run_dir / "export" / "copy-of-0")
+    with pytest.raises(RunError, match=r"front solution 0 was exported more than once \(.*copy-of-0"):
+        ft.parents(zero, None)
+    # an export of an earlier search keeps its front_index, but is another solution: not taken for it
+    manifest = cfg.run_dir / "export" / "copy-of-0" / "arch.json"
+    old = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**old, "threshold_idx": [j + 1 for j in old["threshold_idx"]]}))
+    assert [p.name for p in ft.parents(zero, None)] == [index[0]]
+    shutil.rmtree(cfg.run_dir / "export" / index[0])
+    with pytest.raises(RunError, match=r"front solution 0 .* has not been exported \(or only from an earlier"):
+        ft.parents(zero, None)
     # only fine-tuned exports left: said so, not "the search found no admissible solution"
-    manifest = cfg.run_dir / "export" / index[0] / "arch.json"
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "finetune": {"epochs": 1}}))
+    manifest.write_text(json.dumps({**old, "finetune": {"epochs": 1}}))
     with pytest.raises(RunError, match="every export under .* is a fine-tuned one already"):
         ft.parents(one, None)
 

@@ -393,6 +393,10 @@ def test_a_random_phase_cut_short_is_no_baseline(tmp_path: Path, monkeypatch: py
     res = fake_search(fake_cfg(tmp_path, "search.random_baseline=false"), resume=True)
     assert res.hypervolume_random is None and res.summary["hypervolume_ratio_vs_random"] is None
     assert res.front
+    # nor does the report's ablation (read from history.json) or candidates.jsonl see it
+    assert set(json.loads((res.search_dir / "history.json").read_text())) == {"nsga2"}
+    cands = [json.loads(line) for line in (res.search_dir / "candidates.jsonl").read_text().splitlines()]
+    assert {c["algorithm"] for c in cands} == {"nsga2"}
 
 
 def test_search_seed_reseeds_the_search_not_the_split(tmp_path: Path) -> None:
