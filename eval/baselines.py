@@ -55,11 +55,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from eval.fit import fit
 from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config, ConfigError, config_to_dict, saved_config_here
-from nachos.runtime import (RunError, atomic_torch_save, atomic_write_text, ensure_dir, json_digest,
-                            memory_format, resolve_device, resume_training, rng_state, seed_everything)
+from nachos.runtime import (RunError, atomic_write_text, ensure_dir, json_digest, memory_format, resolve_device,
+                            seed_everything)
 from supernet.space import Arch, SearchSpace
-from supernet.train import autocast_factory, warmup_cosine
+from supernet.train import autocast_factory
 
 FORMAT = "nachos-baseline"
 VERSION = 1
@@ -326,12 +327,9 @@ def accuracy(model: torch.nn.Module, loader: Any, fmt: torch.memory_format) -> t
 
 
 def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | Path, *,
-                 origin: dict[str, Any] | None = None, resume: bool = True) -> dict[str, Any]:
+                 origin: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``arch`` without exits from scratch with the supernet's recipe; evaluate on val and
     test; write ``<out_dir>/<tag>.json`` (returned) and the checkpoint ``<tag>.pt``."""
-    from timm.optim import create_optimizer_v2
-    from tqdm import tqdm
-
     from eval.evaluate import test_order
     from nachos.data import load_splits, make_loader
     from supernet.costs import count_params, device_name, profile_exit_costs
@@ -355,55 +353,18 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
     mean, std = splits.mean, splits.std
     loader = make_loader(cfg, splits.train_x, splits.train_y, device, train=True, seed=cfg.seed, mean=mean, std=std)
     model = StaticEENet.from_config(cfg.space, cfg.exits, arch, []).to(device).to(memory_format=fmt)
-    optimizer = create_optimizer_v2(model, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=tc.lr,
-                                    weight_decay=tc.weight_decay, momentum=tc.momentum)
-    scheduler = warmup_cosine(optimizer, tc.lr, epochs * len(loader), tc.warmup_epochs, len(loader))
 
-    step, start_epoch, seconds, history = 0, 0, 0.0, []
-    ckpt = resume_training(ckpt_path, fp, {"model": model, "optimizer": optimizer, "scheduler": scheduler,
-                                           "loader": loader}) if resume else None
-    if ckpt is not None:
-        step, start_epoch, seconds, history = ckpt["step"], ckpt["epoch"], ckpt["seconds"], ckpt["history"]
-        print(f"resuming baseline {tag} at epoch {start_epoch}/{epochs}", file=sys.stderr)
+    def batch_loss(x: torch.Tensor, y: torch.Tensor, _step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast():
+            logits = model(x)[-1].float()
+        return F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing), logits
 
-    def save(epoch: int) -> None:
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "loader": loader.state_dict(), "rng": rng_state(),
-                           "step": step, "epoch": epoch, "seconds": seconds, "history": history,
-                           "fingerprint": fp, "arch": arch.to_dict(), "config": config_to_dict(cfg)}, ckpt_path)
-
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        hits = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for xb, yb in tqdm(loader, desc=f"{tag} epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-                           disable=not sys.stderr.isatty()):
-            scheduler.step_update(step)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                logits = model(xb.contiguous(memory_format=fmt))[-1].float()
-            loss = F.cross_entropy(logits, yb, label_smoothing=tc.label_smoothing)
-            if not torch.isfinite(loss):
-                raise RunError(f"baseline {tag}: non-finite loss at step {step} (epoch {epoch + 1}); lower train.lr "
-                               "or raise train.warmup_epochs")
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            step += 1
-            loss_sum += loss.detach().double() * len(yb)
-            hits += (logits.detach().argmax(1) == yb).sum()
-            seen += len(yb)
-        elapsed = time.perf_counter() - t0
-        seconds += elapsed
-        history.append({"epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1),
-                        "train_accuracy": float(hits) / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-                        "seconds": elapsed})
-        save(epoch + 1)
-        print(f"baseline {tag} epoch {epoch + 1}/{epochs}: train loss {history[-1]['train_loss']:.4f}, "
-              f"train accuracy {history[-1]['train_accuracy']:.4f}, {elapsed:.0f} s", file=sys.stderr, flush=True)
+    # a finished checkpoint resumes at its last epoch: no step runs and the evaluation below repeats
+    info = fit(model, loader, batch_loss, tc=tc, lr=tc.lr, epochs=epochs, warmup_epochs=tc.warmup_epochs,
+               ckpt_path=ckpt_path, fingerprint=fp, desc=f"baseline {tag}",
+               lr_hint="lower train.lr or raise train.warmup_epochs", fmt=fmt, device=device,
+               extra_state={"arch": arch.to_dict(), "config": config_to_dict(cfg)})
+    step, seconds, history = info["steps"], info["train_seconds"], info["history"]
 
     t_eval = time.perf_counter()
     val_loader = make_loader(cfg, splits.val_x, splits.val_y, device, train=False, seed=cfg.seed, mean=mean, std=std)

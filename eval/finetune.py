@@ -55,14 +55,14 @@ import torch
 
 from eval.export import (FORMAT, Exporter, check_images, export_root, load_exported, load_search_result, make_hint,
                          select_solutions, write_export)
+from eval.fit import fit
 from eval.onnx_runner import MANIFEST, read_manifest
 from eval.runtime import EarlyExitModel
 from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config
-from nachos.runtime import (RunError, atomic_torch_save, json_digest, memory_format, resolve_device,
-                            resume_training, rng_state, seed_everything)
+from nachos.runtime import RunError, json_digest, memory_format, resolve_device, seed_everything
 from supernet.space import Arch
 from supernet.static import StaticEENet
-from supernet.train import autocast_factory, member_loss, warmup_cosine
+from supernet.train import autocast_factory, member_loss
 
 if TYPE_CHECKING:
     from nachos.data import Splits
@@ -220,11 +220,6 @@ def finished_with(out: Path, fp: str, lr: float, lr_key: str) -> bool:
     return False  # an unfinished run's checkpoint of other settings: resume_training refuses it
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """One atomic write per epoch (a module function so that tests can interrupt right after it)."""
-    atomic_torch_save(state, path)
-
-
 # ----------------------------------------------------------------------------- training
 def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str, epochs: int, lr: float,
           exit_costs: np.ndarray, device: torch.device, warmup_epochs: float = 0.0,
@@ -235,9 +230,6 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     ``input``: what validation and deployment use); only its exit heads with ``frozen_backbone`` (the
     backbone keeps its weights and BN statistics); the final classifier learns from ``teacher``'s final
     logits instead of the labels when given. Resumes ``ckpt_path`` when it has this fingerprint."""
-    from timm.optim import create_optimizer_v2
-    from tqdm import tqdm
-
     from nachos.data import make_loader
 
     tc = src.train
@@ -248,12 +240,6 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     fmt = memory_format(tc.channels_last, device)  # as the supernet and the static baselines train
     net = model.static_net().to(device, memory_format=fmt)
     net.backbone_grad = src.exits.backbone_grad
-    backbone = net.backbone_modules()
-    for m in backbone if frozen_backbone else []:
-        m.requires_grad_(False)
-    optimizer = create_optimizer_v2(net, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=lr,
-                                    weight_decay=tc.weight_decay, momentum=tc.momentum)
-    scheduler = warmup_cosine(optimizer, lr, epochs * len(loader), warmup_epochs, len(loader))
     # the supernet's own member loss, for the one subnet this export is (trained from the labels)
     learned_macs = src.exits.criterion == "learned" and src.exits.w_macs > 0
     costs_t = torch.as_tensor(exit_costs, dtype=torch.float32, device=device)
@@ -262,49 +248,20 @@ def train(model: EarlyExitModel, src: Config, ckpt_path: Path, fingerprint: str,
     autocast = autocast_factory(device, tc.amp)
     if teacher is not None:
         teacher = teacher.to(device, memory_format=fmt).eval().requires_grad_(False)
-    step, start, seconds, history = 0, 0, 0.0, []
-    ckpt = resume_training(ckpt_path, fingerprint, {"model": net, "optimizer": optimizer, "loader": loader})
-    if ckpt is not None:
-        step, start, seconds, history = ckpt["step"], ckpt["epoch"], ckpt["seconds"], ckpt["history"]
-        print(f"resuming {ckpt_path.name} at epoch {start}/{epochs}", file=sys.stderr)
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        net.train()
-        for m in backbone if frozen_backbone else []:
-            m.eval()  # BN statistics and dropout of the static network stay as they were trained
-        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
-        for x, y in tqdm(loader, desc=f"finetune epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-                         disable=not sys.stderr.isatty()):
-            scheduler.step_update(step)
-            optimizer.zero_grad(set_to_none=True)
-            x = x.contiguous(memory_format=fmt)
-            target = None
-            if teacher is not None:
-                with torch.no_grad(), autocast():
-                    target = teacher(x)[-1].float()
-            loss, _ = member_loss(net, arch, x, y, target, src, costs, None, step, autocast)
-            if not torch.isfinite(loss):
-                raise RunError(f"finetune: non-finite loss at step {step} (epoch {epoch + 1}); lower "
-                               "export.finetune_lr")
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], tc.grad_clip)
-            optimizer.step()
-            step += 1
-            loss_sum += loss.detach().double() * len(y)
-            seen += len(y)
-        elapsed = time.perf_counter() - t0
-        seconds += elapsed
-        history.append({"epoch": epoch + 1, "train_loss": float(loss_sum) / max(seen, 1), "seconds": elapsed})
-        print(f"finetune epoch {epoch + 1}/{epochs}: train loss {history[-1]['train_loss']:.4f}, {elapsed:.0f} s",
-              file=sys.stderr, flush=True)
-        save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "loader": loader.state_dict(),
-                         "rng": rng_state(), "step": step, "epoch": epoch + 1, "seconds": seconds,
-                         "history": history, "fingerprint": fingerprint}, ckpt_path)
-    net.eval()
+
+    def batch_loss(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        target = None
+        if teacher is not None:
+            with torch.no_grad(), autocast():
+                target = teacher(x)[-1].float()
+        loss, result = member_loss(net, arch, x, y, target, src, costs, None, step, autocast)
+        return loss, result.final_logits
+
+    info = fit(net, loader, batch_loss, tc=tc, lr=lr, epochs=epochs, warmup_epochs=warmup_epochs,
+               ckpt_path=ckpt_path, fingerprint=fingerprint, desc="finetune", lr_hint="lower export.finetune_lr",
+               fmt=fmt, device=device, frozen=net.backbone_modules() if frozen_backbone else None)
     net.backbone_grad = 1.0  # a training setting: the export runs as any other
-    return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, "steps": step, "train_seconds": seconds,
-            "history": history}
+    return {"epochs": epochs, "lr": lr, "warmup_epochs": warmup_epochs, **info}
 
 
 # ----------------------------------------------------------------------------- one export

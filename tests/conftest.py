@@ -13,3 +13,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def interrupted(monkeypatch):
+    """Run a training call that stops, as Ctrl-C would, right after its first per-epoch checkpoint."""
+    import eval.fit as fit
+
+    real_save = fit.save_checkpoint
+
+    def save_then_crash(state, path):
+        real_save(state, path)
+        raise KeyboardInterrupt
+
+    def run(fn, *args, **kwargs):
+        monkeypatch.setattr(fit, "save_checkpoint", save_then_crash)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                fn(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(fit, "save_checkpoint", real_save)
+
+    return run

@@ -124,3 +124,20 @@ def test_a_finished_baseline_keeps_the_origin_of_every_mode_that_chose_it(tmp_pa
     assert baseline_commands(run, "--config C") == [
         "nachos baseline --config C export.baselines=backbones export.max_baselines=1 export.baseline_epochs=3",
         "nachos baseline --config C export.baselines=matched export.max_baselines=4 export.baseline_epochs=3"]
+
+
+def test_a_static_baseline_resumed_after_a_crash_ends_as_one_trained_straight(tmp_path: Path, interrupted) -> None:
+    cfg = tiny_cfg(tmp_path, "train.epochs=2")
+    arch = SearchSpace.from_config(cfg.space).sample(random.Random(3))
+    straight = baselines.train_static(cfg, arch, 2, "probe", tmp_path / "a")
+    interrupted(baselines.train_static, cfg, arch, 2, "probe", tmp_path / "b")
+    ckpt = torch.load(tmp_path / "b" / "probe.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["arch"] == arch.to_dict() and not (tmp_path / "b" / "probe.json").exists()
+    resumed = baselines.train_static(cfg, arch, 2, "probe", tmp_path / "b")
+    assert resumed["steps"] == straight["steps"]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    a = torch.load(tmp_path / "a" / "probe.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "probe.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert all("train_accuracy" in h and "lr" in h for h in resumed["history"])

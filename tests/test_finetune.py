@@ -184,7 +184,7 @@ def test_finetune_trains_and_rechooses_thresholds_within_the_parent_cost(exporte
 
 
 @pytest.mark.slow
-def test_finetune_resumes_exactly_after_an_interruption(exported, tmp_path: Path, monkeypatch) -> None:
+def test_finetune_resumes_exactly_after_an_interruption(exported, tmp_path: Path, monkeypatch, interrupted) -> None:
     cfg, parent = _two_exit_export(exported)
     settings = ("export.finetune_epochs=2", "export.finetune_lr=0.05", "export.onnx=false",
                 "export.torchscript=false")
@@ -196,18 +196,9 @@ def test_finetune_resumes_exactly_after_an_interruption(exported, tmp_path: Path
 
     run = _cfg(tmp_path / "b", *settings)
     copy = _copy(parent, run)
-    real_save = ft.save_checkpoint
-
-    def save_then_crash(state, path):
-        real_save(state, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ft, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune_export(copy, run)
+    interrupted(ft.finetune_export, copy, run)
     assert torch.load(copy.parent / f"{ft.finetuned_name(copy.name, 2)}.pt", weights_only=False)["epoch"] == 1
     assert not (copy.parent / ft.finetuned_name(copy.name, 2)).exists()  # nothing half-written
-    monkeypatch.setattr(ft, "save_checkpoint", real_save)
     resumed = ft.finetune_export(copy, run)
     a, b = load_exported(straight).state_dict(), load_exported(resumed).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
