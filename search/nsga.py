@@ -106,6 +106,7 @@ def run_nsga2(codec: GenomeCodec, evaluator: CandidateEvaluator, search: SearchC
 
         def evaluate(X: np.ndarray, gen: int = generation, source: str = source) -> tuple[np.ndarray, np.ndarray]:
             recs = evaluator.evaluate([codec.decode(x) for x in X], phase.archive, gen, source=source)
+            algorithm.data["backbone_budget"].settle(codec, X)
             return _objectives(evaluator, recs)
 
         problem.evaluate_fn = evaluate

@@ -31,6 +31,10 @@ class BackboneBudget:
     limit: int  # 0 = unlimited
     genes: list[np.ndarray] = field(default_factory=list)
     index: dict[bytes, int] = field(default_factory=dict)
+    fresh: list[bytes] = field(default_factory=list)  # admitted since the last ``settle``
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"fresh": [], **state})  # searches paused before ``fresh`` existed
 
     def admit(self, codec: GenomeCodec, x: np.ndarray, free: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
         """``x`` itself if its arch is admitted or can be; else ``x`` moved to the nearest admitted arch.
@@ -42,11 +46,23 @@ class BackboneBudget:
         if not self.limit or len(self.genes) < self.limit:
             self.index[key] = len(self.genes)
             self.genes.append(arch_genes.copy())
+            self.fresh.append(key)
             return x
         dist = codec.arch_distance(np.stack(self.genes), arch_genes)
         y = x.copy()
         y[: codec.n_arch] = self.genes[int(np.argmin(dist))]  # ties: the earliest admitted
         return codec.repair(y)
+
+    def settle(self, codec: GenomeCodec, evaluated: np.ndarray) -> None:
+        """Give back the slots of archs admitted since the last call that were not evaluated: pymoo
+        repairs offspring before it drops duplicates and cuts the batch to the population size, so
+        an admitted arch may never run (its slot, a network pass the budget allows, would be lost)."""
+        ran = {np.asarray(x[: codec.n_arch], dtype=np.int64).tobytes() for x in evaluated}  # as codec.repair's
+        lost = {k for k in self.fresh if k not in ran}
+        if lost:
+            self.genes = [g for g in self.genes if g.tobytes() not in lost]
+            self.index = {g.tobytes(): i for i, g in enumerate(self.genes)}
+        self.fresh = []
 
 
 def repair_rows(codec: GenomeCodec, X: np.ndarray, budget: BackboneBudget | None,

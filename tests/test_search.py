@@ -6,6 +6,7 @@ import csv
 import hashlib
 import itertools
 import json
+import random
 import re
 from pathlib import Path
 
@@ -279,6 +280,25 @@ def test_genome_operators_produce_valid_genomes(exit_mode: str) -> None:
     budget = BackboneBudget(limit=3)
     out = repair_rows(codec, X, budget)
     assert len({codec.decode(x).arch for x in out}) <= 3
+
+
+def test_the_backbone_budget_gives_back_the_slots_of_archs_never_evaluated(tmp_path: Path) -> None:
+    space = SearchSpace.from_config(load_config("configs/cifar10.yaml", [], device_type="cpu").space)
+    codec, rng = GenomeCodec(space, 11), np.random.default_rng(0)
+    a, b, c = (codec.encode(codec.random(rng, space.sample(random.Random(i)))) for i in range(3))
+    budget = BackboneBudget(limit=2)
+    assert all(np.array_equal(budget.admit(codec, x), x) for x in (a, b))
+    budget.settle(codec, np.stack([a]).astype(np.float64))  # pymoo dropped b after the repair admitted it
+    assert np.array_equal(budget.admit(codec, c), c)  # b's slot went to c
+    budget.settle(codec, np.stack([a, c]))
+    moved = budget.admit(codec, b)  # full again: b moves onto an admitted arch
+    assert codec.decode_arch(moved).key() in {codec.decode_arch(x).key() for x in (a, c)}
+    # in a whole search: an odd population makes pymoo cut offspring, yet every slot runs a backbone
+    cfg = fake_cfg(tmp_path, "search.population=15", "search.generations=10", "search.max_backbones=40",
+                   "search.random_baseline=false")
+    res = fake_search(cfg)
+    cands = [json.loads(line) for line in (res.search_dir / "candidates.jsonl").read_text().splitlines()]
+    assert len({c["arch_key"] for c in cands if c["scored"]}) == cfg.search.max_backbones
 
 
 # ----------------------------------------------------------------------------- search
