@@ -39,7 +39,9 @@ def fit(net: torch.nn.Module, loader: Any, batch_loss: BatchLoss, *, tc: TrainCo
     from timm.optim import create_optimizer_v2
     from tqdm import tqdm
 
-    frozen = frozen or []
+    frozen, extra_state = frozen or [], extra_state or {}
+    if {"model", "optimizer", "loader", "rng", "step", "epoch", "fingerprint"} & extra_state.keys():
+        raise ValueError(f"extra_state would overwrite the checkpoint's own keys: {sorted(extra_state)}")
     for m in frozen:
         m.requires_grad_(False)
     optimizer = create_optimizer_v2(net, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=lr,
@@ -50,7 +52,7 @@ def fit(net: torch.nn.Module, loader: Any, batch_loss: BatchLoss, *, tc: TrainCo
     ckpt = resume_training(ckpt_path, fingerprint, {"model": net, "optimizer": optimizer, "loader": loader})
     if ckpt is not None:
         step, start, seconds, history = ckpt["step"], ckpt["epoch"], ckpt["seconds"], ckpt["history"]
-        print(f"resuming {desc} at epoch {start}/{epochs}", file=sys.stderr)
+        print(f"resuming {desc} at epoch {start}/{epochs} ({ckpt_path})", file=sys.stderr)
     params = [p for p in net.parameters() if p.requires_grad]
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
@@ -85,7 +87,7 @@ def fit(net: torch.nn.Module, loader: Any, batch_loss: BatchLoss, *, tc: TrainCo
         history.append({**row, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed})
         save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "loader": loader.state_dict(),
                          "rng": rng_state(), "step": step, "epoch": epoch + 1, "seconds": seconds,
-                         "history": history, "fingerprint": fingerprint, **(extra_state or {})}, ckpt_path)
+                         "history": history, "fingerprint": fingerprint, **extra_state}, ckpt_path)
         shown = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in row.items() if k != "epoch")
         print(f"{desc} epoch {epoch + 1}/{epochs}: {shown}, {elapsed:.0f} s", file=sys.stderr, flush=True)
     net.eval()

@@ -143,6 +143,7 @@ def run_random(codec: GenomeCodec, evaluator: CandidateEvaluator, search: Search
         X = np.stack([codec.encode(codec.random(rng)) for _ in range(n)])
         X = repair_rows(codec, X, budget, evaluator)
         evaluator.evaluate([codec.decode(x) for x in X], phase.archive, generation, source="sampled")
+        budget.settle(codec, X)  # every row ran: only empties the admissions list
         phase.n_eval += n
         phase.done = phase.n_eval >= budget_evals
         phase.payload = pickle.dumps({"rng": rng, "budget": budget, "generation": generation})

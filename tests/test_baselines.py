@@ -127,13 +127,14 @@ def test_a_finished_baseline_keeps_the_origin_of_every_mode_that_chose_it(tmp_pa
 
 
 def test_a_static_baseline_resumed_after_a_crash_ends_as_one_trained_straight(tmp_path: Path, interrupted) -> None:
-    cfg = tiny_cfg(tmp_path, "train.epochs=2")
+    cfg = tiny_cfg(tmp_path)
     arch = SearchSpace.from_config(cfg.space).sample(random.Random(3))
     straight = baselines.train_static(cfg, arch, 2, "probe", tmp_path / "a")
     interrupted(baselines.train_static, cfg, arch, 2, "probe", tmp_path / "b")
     ckpt = torch.load(tmp_path / "b" / "probe.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["arch"] == arch.to_dict() and not (tmp_path / "b" / "probe.json").exists()
     resumed = baselines.train_static(cfg, arch, 2, "probe", tmp_path / "b")
+    assert resumed["history"][0] == ckpt["history"][0]  # epoch 1 (its seconds too) came from the checkpoint
     assert resumed["steps"] == straight["steps"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
     a = torch.load(tmp_path / "a" / "probe.pt", weights_only=False)["model"]

@@ -197,12 +197,14 @@ def test_finetune_resumes_exactly_after_an_interruption(exported, tmp_path: Path
     run = _cfg(tmp_path / "b", *settings)
     copy = _copy(parent, run)
     interrupted(ft.finetune_export, copy, run)
-    assert torch.load(copy.parent / f"{ft.finetuned_name(copy.name, 2)}.pt", weights_only=False)["epoch"] == 1
+    ckpt = torch.load(copy.parent / f"{ft.finetuned_name(copy.name, 2)}.pt", weights_only=False)
+    assert ckpt["epoch"] == 1
     assert not (copy.parent / ft.finetuned_name(copy.name, 2)).exists()  # nothing half-written
     resumed = ft.finetune_export(copy, run)
     a, b = load_exported(straight).state_dict(), load_exported(resumed).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ma, mb = (json.loads((f / "arch.json").read_text()) for f in (straight, resumed))
+    assert mb["finetune"]["history"][0] == ckpt["history"][0]  # epoch 1 (its seconds too) came from the checkpoint
     assert ma["thresholds"] == mb["thresholds"] and ma["validation"]["accuracy"] == mb["validation"]["accuracy"]
 
     # a finished export with the same settings is not trained again
