@@ -385,6 +385,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
         "origin": origin or {"kind": "custom", "arch_key": arch.key()},
         "arch": arch.to_dict(), "arch_str": str(arch), "arch_key": arch.key(), "exits": [],
         "epochs": epochs, "steps": step, "train_images": len(splits.train_y),
+        "held_out_digest": splits.held_out_digest,  # what fine-tuning from it checks against its export's
         "val_accuracy": val_acc, "val_images": n_val, "test_accuracy": test_acc, "test_images": n_test,
         "test_subset": cfg.export.test_subset,
         "dataset": cfg.data.name, "macs": float(macs), "macs_profiled": profiled, "macs_source": table_source,

@@ -317,6 +317,11 @@ def finetune_export(folder: str | Path, cfg: Config) -> Path:
                           "its validation figures, and the thresholds chosen on them, would count images the "
                           "supernet trained on", "Fine-tune with the data it was exported with (that run's data.root "
                           "and data.cache_dir)")
+    if static is not None:  # its split's settings matched (static_backbone); its held-out images must too
+        splits.check_held_out(static[0].get("held_out_digest"), static[1],
+                              "it trained on some of this export's validation images, where the thresholds are "
+                              "chosen", "Train the static baseline again with this run's data: nachos baseline "
+                              "--config <config> <export folder>")
     val_loader = make_loader(src, splits.val_x, splits.val_y, device, train=False, seed=src.seed,
                              mean=m["input"]["mean"], std=m["input"]["std"])
     before_cache = validation_cache(model, val_loader)

@@ -401,6 +401,12 @@ def test_static_teacher_distils_the_final_classifier_from_the_static_network(exp
         ft.finetune_export(parent, run)
     m = json.loads((parent / "arch.json").read_text())
     base = train_static(run, Arch.from_dict(m["arch"]), run.train.epochs, "static", run.run_dir / "baselines")
+    # a baseline of the same split settings that held out other images (the data changed) is refused
+    record = run.run_dir / "baselines" / "static.json"
+    record.write_text(json.dumps(dict(base, held_out_digest="0" * 16)))
+    with pytest.raises(RunError, match="not those .*static.pt held out.*validation images.*nachos baseline"):
+        ft.finetune_export(parent, run)
+    record.write_text(json.dumps(base))
     calls = _record_member_loss(monkeypatch, lambda net, arch, x, y, teacher, *_: (
         x.clone(), None if teacher is None else teacher.clone()))
     out = ft.finetune_export(parent, run)

@@ -586,6 +586,8 @@ def test_train_static_writes_test_accuracy_and_table_macs(tmp_path: Path) -> Non
     table = MacTable(space, cfg.exits)
     assert r["macs"] == table.peak_cost(arch, []) == r["macs_profiled"]
     assert r["params"] == table.params(arch, []) == r["params_counted"]
+    from nachos.data import load_splits
+    assert r["held_out_digest"] == load_splits(cfg).held_out_digest  # what fine-tuning from it checks
     again = train_static(cfg, arch, 1, "probe", tmp_path / "b")  # resumes the finished checkpoint: no new steps
     assert again["steps"] == r["steps"] and again["test_accuracy"] == r["test_accuracy"]
 
