@@ -40,8 +40,6 @@ def fit(net: torch.nn.Module, loader: Any, batch_loss: BatchLoss, *, tc: TrainCo
     from tqdm import tqdm
 
     frozen, extra_state = frozen or [], extra_state or {}
-    if {"model", "optimizer", "loader", "rng", "step", "epoch", "fingerprint"} & extra_state.keys():
-        raise ValueError(f"extra_state would overwrite the checkpoint's own keys: {sorted(extra_state)}")
     for m in frozen:
         m.requires_grad_(False)
     optimizer = create_optimizer_v2(net, opt="sgd" if tc.optimizer == "sgd" else "adamw", lr=lr,
@@ -85,9 +83,12 @@ def fit(net: torch.nn.Module, loader: Any, batch_loss: BatchLoss, *, tc: TrainCo
         if counted:  # a final classifier taught by a teacher has no label accuracy worth logging
             row["train_accuracy"] = float(hits) / counted
         history.append({**row, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed})
-        save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "loader": loader.state_dict(),
-                         "rng": rng_state(), "step": step, "epoch": epoch + 1, "seconds": seconds,
-                         "history": history, "fingerprint": fingerprint, **extra_state}, ckpt_path)
+        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "loader": loader.state_dict(),
+                 "rng": rng_state(), "step": step, "epoch": epoch + 1, "seconds": seconds, "history": history,
+                 "fingerprint": fingerprint}
+        if clash := state.keys() & extra_state.keys():
+            raise ValueError(f"extra_state would overwrite the checkpoint's own keys {sorted(clash)}")
+        save_checkpoint({**state, **extra_state}, ckpt_path)
         shown = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in row.items() if k != "epoch")
         print(f"{desc} epoch {epoch + 1}/{epochs}: {shown}, {elapsed:.0f} s", file=sys.stderr, flush=True)
     net.eval()

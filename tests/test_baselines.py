@@ -142,3 +142,25 @@ def test_a_static_baseline_resumed_after_a_crash_ends_as_one_trained_straight(tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     assert all("train_accuracy" in h and "lr" in h for h in resumed["history"])
+
+
+def test_fit_refuses_extra_checkpoint_state_that_would_overwrite_its_own(tmp_path: Path) -> None:
+    from eval.fit import fit
+
+    class OneBatch(list):  # what fit reads from a nachos loader
+        def state_dict(self) -> dict:
+            return {}
+
+    cfg = tiny_cfg(tmp_path)
+    net = torch.nn.Linear(3, 2)
+    loader = OneBatch([(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))])
+
+    def run(extra: dict, path: Path) -> dict:
+        return fit(net, loader, lambda x, y, _s: (torch.nn.functional.cross_entropy(net(x), y), None), tc=cfg.train,
+                   lr=0.1, epochs=1, warmup_epochs=0.0, ckpt_path=path, fingerprint="f", desc="probe", lr_hint="",
+                   fmt=torch.contiguous_format, device=torch.device("cpu"), extra_state=extra)
+
+    with pytest.raises(ValueError, match=r"overwrite the checkpoint's own keys \['history'\]"):
+        run({"history": [], "arch": 1}, tmp_path / "a.pt")
+    assert run({"arch": 1}, tmp_path / "b.pt")["steps"] == 1
+    assert torch.load(tmp_path / "b.pt", weights_only=False)["arch"] == 1
