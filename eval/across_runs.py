@@ -200,14 +200,36 @@ def inherited_finals(run: RunData) -> dict[str, float]:
     return out
 
 
+# recorded recipe keys that do not change what a static network learns: the seed (that is a repeat), the
+# space (the arch string names the network), the supernet's length (a baseline records its own epochs),
+# and precision and memory layout
+_NOT_TRAINING = ("seed", "train.epochs", "train.random_max_macs", "train.amp", "train.channels_last",
+                 "data.eval_batch_size")
+
+
+def training_recipe(b: dict[str, Any]) -> dict[str, Any]:
+    """The settings of static network ``b``'s recorded recipe that shape what it learns, flattened
+    (``data.augment.cutout``...); empty for a record that kept none."""
+    return {k: v for k, v in _flatten(b.get("recipe") or {}).items()
+            if k not in _NOT_TRAINING and not k.startswith("space.")}
+
+
 def scratch_by_length(runs: list[RunData]) -> dict[str, dict[int, dict[Any, dict[str, Any]]]]:
-    """The static networks trained from scratch in ``runs`` as {arch: {epochs: {seed: baseline}}}, one
-    per arch, length and seed however many runs hold a copy (the first given)."""
+    """The static networks trained from scratch in ``runs`` as {network: {epochs: {seed: baseline}}}, one
+    per network, length and seed however many runs hold a copy (the first given). A network is its arch
+    string, followed by how its training differs from the first recorded recipe (say, with cutout), so
+    that networks trained otherwise are neither taken for repeats nor for copies of each other."""
     out: dict[str, dict[int, dict[Any, dict[str, Any]]]] = {}
+    ref: dict[str, Any] = {}
     for run in runs:
         for b in from_scratch(run):
             if isinstance(b.get("epochs"), int) and b.get("arch_str"):
-                out.setdefault(b["arch_str"], {}).setdefault(b["epochs"], {}).setdefault(baseline_seed(run, b), b)
+                mine = training_recipe(b)
+                ref = ref or mine
+                diffs = [override(k, mine.get(k)) for k in sorted(set(ref) | set(mine))
+                         if mine and ref.get(k) != mine.get(k)]
+                name = b["arch_str"] + (f" ({', '.join(diffs)})" if diffs else "")
+                out.setdefault(name, {}).setdefault(b["epochs"], {}).setdefault(baseline_seed(run, b), b)
     return out
 
 

@@ -1021,7 +1021,7 @@ def test_baselines_warn_when_the_runs_saved_subsets_differ_from_the_command_line
 
 def _plant_backbone(cfg: Config, arch: str, inherited: float | None = None, static: float | None = None,
                     epochs: int | None = None, seed: int | None = None, finetune: dict | None = None,
-                    file: str = "", val: float | None = None) -> None:
+                    file: str = "", val: float | None = None, recipe: dict | None = None) -> None:
     """An evaluated export of ``arch`` with its final classifier at ``inherited`` and/or its static network."""
     if inherited is not None:
         folder = cfg.run_dir / "export" / f"x-{arch}-{'ft' if finetune else 'sn'}"  # a fine-tune is read first
@@ -1035,7 +1035,9 @@ def _plant_backbone(cfg: Config, arch: str, inherited: float | None = None, stat
         (cfg.run_dir / "baselines").mkdir(exist_ok=True)
         (cfg.run_dir / "baselines" / f"{arch}-{epochs}{file}.json").write_text(json.dumps(
             {"epochs": epochs or cfg.train.epochs, "tag": arch, "arch_key": arch, "arch_str": arch, "macs": 1e6,
-             "test_accuracy": static, **({"recipe": {"seed": seed}} if seed is not None else {}),
+             "test_accuracy": static,
+             **({"recipe": dict(recipe or {}, **({"seed": seed} if seed is not None else {}))}
+                if seed is not None or recipe else {}),
              **({"val_accuracy": val} if val is not None else {})}))
 
 
@@ -1105,6 +1107,26 @@ def test_static_networks_at_several_lengths_show_whether_a_short_training_ranks_
     assert vrows[0][2:] == ["68.50%, n=2", "85.67%, n=3 |"]
     assert vrows[1][2:] == ["70.00% (+1.50 points), n=2", "83.00% (+2.00 points), n=2 |"]
     assert [ln for ln in val.splitlines() if ln.startswith("| pairs")][0].endswith("| 0 of 1 | 0 of 1 |")
+
+
+def test_static_networks_trained_with_another_recipe_are_their_own_rows_not_repeats(tmp_path: Path) -> None:
+    a = _plant_repeat(tmp_path, "a", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None, "export.report_runs=[b]")
+    b = _plant_repeat(tmp_path, "b", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None)
+    # run b trains the same networks in the same seed with cutout: no copy of a's, so not left out as one;
+    # its supernet's length (train.epochs) differs too and is no training setting of a static network
+    plain = {"data": {"augment": {"cutout": 0}}, "train": {"epochs": 40, "lr": 0.1}}
+    cut = {"data": {"augment": {"cutout": 8}}, "train": {"epochs": 1, "lr": 0.1}}
+    for cfg, recipe, p, q in ((a, plain, 0.82, 0.81), (b, cut, 0.90, 0.70)):
+        for arch, acc in (("P", p), ("Q", q)):
+            _plant_backbone(cfg, arch, static=acc - 0.1, epochs=10, val=acc - 0.1, recipe=recipe)
+            _plant_backbone(cfg, arch, static=acc, epochs=80, val=acc, recipe=recipe)
+    path, _ = write_report(a)
+    test = _section(path.read_text(), "lengths:a").split("Validation accuracy")[0]
+    rows = {ln.split(" | ")[0]: ln.split(" | ")[2:] for ln in test.splitlines() if ln.startswith("| `")}
+    assert rows == {"| `P (data.augment.cutout=8)` (ref)": ["80.00%, n=1", "90.00%, n=1 |"],
+                    "| `P`": ["72.00% (-8.00 points), n=1", "82.00% (-8.00 points), n=1 |"],
+                    "| `Q`": ["71.00% (-9.00 points), n=1", "81.00% (-9.00 points), n=1 |"],
+                    "| `Q (data.augment.cutout=8)`": ["60.00% (-20.00 points), n=1", "70.00% (-20.00 points), n=1 |"]}
 
 
 # The report's modules in layer order: each may import only from the ones before it.
