@@ -24,8 +24,13 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Saved settings that shape the networks, the data splits and the search: runs equal in all of
+# them but the seed repeat one recipe.
+RECIPE_SECTIONS = ("data", "space", "exits", "train", "search")
+
+
 def config_differences(base: dict[str, Any], other: dict[str, Any],
-                       sections: tuple[str, ...] = ("exits", "train", "space")) -> list[str]:
+                       sections: tuple[str, ...] = RECIPE_SECTIONS) -> list[str]:
     """``key=value`` of ``other``'s settings in ``sections`` that differ from ``base``'s."""
     a = _flatten({k: base.get(k) or {} for k in sections})
     b = _flatten({k: other.get(k) or {} for k in sections})
@@ -59,14 +64,9 @@ def comparison_lines(runs: list[RunData]) -> list[str]:
     cons = {json.dumps((r.pareto or {}).get("constraints"), sort_keys=True) for r in runs if r.pareto}
     note = ([] if len(cons) <= 1 else
             ["", "The searches ran under different constraints: their hypervolumes are not comparable."])
-    return table(["run", "supernet trained with", "val acc largest", "val acc smallest", "admissible front",
+    return table(["run", "settings (against the first)", "val acc largest", "val acc smallest", "admissible front",
                   "hypervolume (val)", "best admissible val acc", "lowest admissible exp. MACs",
                   "best export on val: test acc at exp. MACs"], rows) + note
-
-
-# Saved settings that shape the networks, the data splits and the search: runs equal in all of
-# them but the seed repeat one recipe.
-RECIPE_SECTIONS = ("data", "space", "exits", "train", "search")
 
 
 def recipe_key(run: RunData) -> str:
@@ -76,16 +76,18 @@ def recipe_key(run: RunData) -> str:
 
 def seed_repeats(runs: list[RunData]) -> list[tuple[str, list[tuple[RunData, Export]]]]:
     """(export id, [(run, export), ...]) for each evaluated export id that at least two runs of one
-    recipe with different seeds hold, in the order the runs were given, one per seed (the first:
-    a rerun of a seed is no new draw), ``short_of_static`` ones left out."""
-    groups: dict[tuple[str, str], dict[Any, tuple[RunData, Export]]] = {}
+    recipe with different seeds hold with the same backbone and exits (a searched export's id numbers
+    the seed's own front), in the order the runs were given, one per seed (the first: a rerun of a seed
+    is no new draw), ``short_of_static`` ones left out."""
+    groups: dict[tuple[str, str, Any, str], dict[Any, tuple[RunData, Export]]] = {}
     for run in runs:
         if not run.has_config:
             continue
         for e in evaluated(run):
             if e.eval.get("exit_accuracy_all_samples") and not short_of_static(run, e):
-                groups.setdefault((recipe_key(run), e.id), {}).setdefault(run.cfg.seed, (run, e))
-    return [(eid, list(by_seed.values())) for (_, eid), by_seed in groups.items() if len(by_seed) >= 2]
+                key = (recipe_key(run), e.id, e.manifest.get("arch_key"), json.dumps(e.manifest.get("exits")))
+                groups.setdefault(key, {}).setdefault(run.cfg.seed, (run, e))
+    return [(key[1], list(by_seed.values())) for key, by_seed in groups.items() if len(by_seed) >= 2]
 
 
 def repeat_row(run: RunData, e: Export, ablation: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,33 +203,44 @@ def inherited_finals(run: RunData) -> dict[str, float]:
 
 
 # recorded recipe keys that do not change what a static network learns: the seed (that is a repeat), the
-# space (the arch string names the network), the supernet's length (a baseline records its own epochs),
-# and precision and memory layout
+# supernet's length (a baseline records its own epochs), and precision and memory layout
 _NOT_TRAINING = ("seed", "train.epochs", "train.random_max_macs", "train.amp", "train.channels_last",
                  "data.eval_batch_size")
+# the space's choices: an arch string says which were taken (a static network has no exits)
+_ARCH_CHOICES = ("widths", "depths", "kernels", "expand_ratios", "final_widths", "exit_positions")
 
 
 def training_recipe(b: dict[str, Any]) -> dict[str, Any]:
-    """The settings of static network ``b``'s recorded recipe that shape what it learns, flattened
-    (``data.augment.cutout``...); empty for a record that kept none."""
-    return {k: v for k, v in _flatten(b.get("recipe") or {}).items()
-            if k not in _NOT_TRAINING and not k.startswith("space.")}
+    """The settings of static network ``b``'s recorded recipe that shape what it learns and its arch
+    string does not name (``data.augment.cutout``, ``space.dropout``, each stage's stride, SE and
+    activation...), flattened; empty for a record that kept none."""
+    rec = dict(b.get("recipe") or {})
+    if isinstance(rec.get("space"), dict):
+        space = {k: v for k, v in rec["space"].items() if k not in _ARCH_CHOICES}
+        if isinstance(space.get("stages"), list):
+            space["stages"] = [{k: v for k, v in st.items() if k not in _ARCH_CHOICES} for st in space["stages"]]
+        rec["space"] = space
+    return {k: v for k, v in _flatten(rec).items() if k not in _NOT_TRAINING}
 
 
-def scratch_by_length(runs: list[RunData]) -> dict[str, dict[int, dict[Any, dict[str, Any]]]]:
+def scratch_by_length(runs: list[RunData],
+                      other_recipes: bool = True) -> dict[str, dict[int, dict[Any, dict[str, Any]]]]:
     """The static networks trained from scratch in ``runs`` as {network: {epochs: {seed: baseline}}}, one
     per network, length and seed however many runs hold a copy (the first given). A network is its arch
-    string, followed by how its training differs from the first recorded recipe (say, with cutout), so
-    that networks trained otherwise are neither taken for repeats nor for copies of each other."""
+    string, followed by how its training differs from the recipe of the first run (the reported one; say,
+    with cutout), so that networks trained otherwise are neither taken for repeats nor for copies of
+    each other; ``other_recipes=False`` leaves those out."""
     out: dict[str, dict[int, dict[Any, dict[str, Any]]]] = {}
-    ref: dict[str, Any] = {}
+    saved = settings(runs[0]) if runs else {}
+    ref = training_recipe({"recipe": {k: saved.get(k) for k in ("data", "train", "space")}})
     for run in runs:
         for b in from_scratch(run):
             if isinstance(b.get("epochs"), int) and b.get("arch_str"):
                 mine = training_recipe(b)
-                ref = ref or mine
-                diffs = [override(k, mine.get(k)) for k in sorted(set(ref) | set(mine))
-                         if mine and ref.get(k) != mine.get(k)]
+                # a key one record lacks was added since it was written: unknown, not a difference
+                diffs = [override(k, mine[k]) for k in sorted(set(ref) & set(mine)) if ref[k] != mine[k]]
+                if diffs and not other_recipes:
+                    continue
                 name = b["arch_str"] + (f" ({', '.join(diffs)})" if diffs else "")
                 out.setdefault(name, {}).setdefault(b["epochs"], {}).setdefault(baseline_seed(run, b), b)
     return out
@@ -239,10 +252,11 @@ def pairs_agreeing(pairs: list[tuple[str, str]], ours: dict[str, float], theirs:
 
 
 def scratch_accuracies(runs: list[RunData]) -> tuple[int | None, dict[str, list[float]]]:
-    """Test accuracies of the static networks trained from scratch in ``runs``, one per (arch, seed)
-    however many runs hold a copy, at one training length: the one that covers the most backbones
-    (the longer on a tie), since a longer run ranks higher for that alone."""
-    by_arch = scratch_by_length(runs)
+    """Test accuracies of the static networks trained from scratch in ``runs`` with the first run's
+    recipe (what the supernet's inherited weights are set against), one per (arch, seed) however many
+    runs hold a copy, at one training length: the one that covers the most backbones (the longer on a
+    tie), since a longer run ranks higher for that alone."""
+    by_arch = scratch_by_length(runs, other_recipes=False)
     lengths = {e for by_len in by_arch.values() for e in by_len}
     if not lengths:
         return None, {}
@@ -348,7 +362,9 @@ def ranking_lines(runs: list[RunData]) -> list[str]:
     rows = []
     for run, inh in rows_of:
         # epochs and seed have their own columns
-        differs = [d for d in config_differences(settings(first), settings(run)) if not d.startswith("train.epochs=")]
+        # the search does not shape the supernet's weights
+        differs = [d for d in config_differences(settings(first), settings(run), RECIPE_SECTIONS[:4])
+                   if not d.startswith("train.epochs=")]
         diff = "(reference)" if run is first else ", ".join(f"`{d}`" for d in differs) or "same settings"
         rows.append([f"`{run.name}`", str(run.cfg.seed), str(run.cfg.train.epochs), diff]
                     + [cell(inh.get(a), inh.get(ref), a) for a in archs] + [order(inh)])

@@ -194,11 +194,15 @@ def test_runs_side_by_side_show_each_run_and_what_differs(run_folder) -> None:
     # the best export as validation picks it (the front's more accurate solution), not test's 83.12%
     assert tiny[8].startswith("80.00% at ")
     assert rows[1].split(" | ")[4] == "-"  # never searched
-    base = {"exits": {"criterion": "learned", "w_macs": 1.0, "w_support": 1.0}, "train": {"epochs": 3}}
+    base = {"exits": {"criterion": "learned", "w_macs": 1.0, "w_support": 1.0}, "train": {"epochs": 3},
+            "data": {"augment": {"cutout": 0}}}
     other = {"exits": {"criterion": "learned", "w_macs": 0.0, "w_support": 1.0}, "train": {"epochs": 3},
-             "search": {"generations": 9}}  # outside the compared sections
-    from eval.across_runs import config_differences
-    assert config_differences(base, other) == ["exits.w_macs=0.0"]
+             "data": {"augment": {"cutout": 8}}, "search": {"generations": 9}, "wandb": {"project": "x"}}
+    from eval.across_runs import RECIPE_SECTIONS, config_differences
+    # the data and the search shape what the table shows too; where results go does not
+    assert config_differences(base, other) == ["data.augment.cutout=8", "exits.w_macs=0.0", "search.generations=9"]
+    # what the ranking asks of: the supernets' weights, which the search does not shape
+    assert config_differences(base, other, RECIPE_SECTIONS[:4]) == ["data.augment.cutout=8", "exits.w_macs=0.0"]
 
 
 def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_path: Path) -> None:
@@ -915,7 +919,7 @@ def _plant_repeat(out: Path, name: str, seed: int, alone: float, first: float, p
 def test_repeats_across_seeds_pool_one_recipe_and_keep_each_seed(tmp_path: Path) -> None:
     # seed 0: its operating point saves 35% at 0.4 points below its static network (80.5%, copied from g): met
     a = _plant_repeat(tmp_path, "a", 0, 0.80, 0.70, [(0.798, 0.9e6), (0.801, 0.65e6), (0.79, 0.5e6)],
-                      (0.801, 0.65e6), {"test_accuracy": 0.805, "run": "g"}, "export.report_runs=[b,c,d]")
+                      (0.801, 0.65e6), {"test_accuracy": 0.805, "run": "g"}, "export.report_runs=[b,c,d,e]")
     # seed 1, no static network: its operating point saves 30% but loses 1 point: missed
     b = _plant_repeat(tmp_path, "b", 1, 0.81, 0.72, [(0.804, 0.95e6), (0.80, 0.8e6)], (0.80, 0.7e6), None)
     # b's config from before train.kernel_transform existed: the same recipe still
@@ -925,10 +929,14 @@ def test_repeats_across_seeds_pool_one_recipe_and_keep_each_seed(tmp_path: Path)
     _plant_repeat(tmp_path, "c", 2, 0.99, 0.99, [(0.99, 0.1e6)], (0.99, 0.1e6), None, "exits.w_macs=0.0")
     # a 1-epoch supernet's weights against a static network trained longer: left out, and said so
     _plant_repeat(tmp_path, "d", 3, 0.30, 0.20, [(0.3, 0.5e6)], (0.3, 0.5e6), {"test_accuracy": 0.8, "epochs": 99})
+    # the same recipe and export id on another backbone (a searched export's id numbers its seed's front): no repeat
+    e = _plant_repeat(tmp_path, "e", 4, 0.50, 0.40, [(0.5, 0.5e6)], (0.5, 0.5e6), None)
+    manifest = e.run_dir / "export" / "hand-x" / "arch.json"
+    manifest.write_text(manifest.read_text().replace('"arch_key": "k"', '"arch_key": "k2"'))
     path, _ = write_report(a)
     sec = _section(path.read_text(), "seeds:a")
     rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in sec.splitlines() if ln.startswith("| ")}
-    assert "| `c`" not in rows and "| `d`" not in rows and "### `hand-x`" in sec
+    assert "| `c`" not in rows and "| `d`" not in rows and "| `e`" not in rows and "### `hand-x`" in sec
     assert "Left out: `d/hand-x` (inherited weights of a supernet trained fewer epochs" in sec
     assert rows["| `a`"][1:] == ["0", "80.50% (from `g`)", "80.00%", "70.00%",
                                  "35.0%: 80.10% at 0.650 M (-0.40 points)", "met |"]
@@ -1109,24 +1117,65 @@ def test_static_networks_at_several_lengths_show_whether_a_short_training_ranks_
     assert [ln for ln in val.splitlines() if ln.startswith("| pairs")][0].endswith("| 0 of 1 | 0 of 1 |")
 
 
+def _recipe_of(cfg: Config, **changes: object) -> dict:
+    """The training recipe a static network of ``cfg``'s run records, with dotted ``changes`` applied."""
+    from nachos.config import config_to_dict
+
+    saved = config_to_dict(cfg)
+    recipe = json.loads(json.dumps({k: saved[k] for k in ("data", "train", "space")}))
+    for key, value in changes.items():
+        *path, last = key.split("__")
+        node = recipe
+        for part in path:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value
+    return recipe
+
+
 def test_static_networks_trained_with_another_recipe_are_their_own_rows_not_repeats(tmp_path: Path) -> None:
     a = _plant_repeat(tmp_path, "a", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None, "export.report_runs=[b]")
     b = _plant_repeat(tmp_path, "b", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None)
     # run b trains the same networks in the same seed with cutout: no copy of a's, so not left out as one;
     # its supernet's length (train.epochs) differs too and is no training setting of a static network
-    plain = {"data": {"augment": {"cutout": 0}}, "train": {"epochs": 40, "lr": 0.1}}
-    cut = {"data": {"augment": {"cutout": 8}}, "train": {"epochs": 1, "lr": 0.1}}
+    plain, cut = _recipe_of(a, train__epochs=40), _recipe_of(a, data__augment__cutout=8, train__epochs=1)
     for cfg, recipe, p, q in ((a, plain, 0.82, 0.81), (b, cut, 0.90, 0.70)):
         for arch, acc in (("P", p), ("Q", q)):
             _plant_backbone(cfg, arch, static=acc - 0.1, epochs=10, val=acc - 0.1, recipe=recipe)
             _plant_backbone(cfg, arch, static=acc, epochs=80, val=acc, recipe=recipe)
+    # the space's choices, which the arch string names, are not the recipe (P's seed 1 joins P); a space
+    # setting it does not name is (seed 2's dropout); a key an older record lacks is unknown, no difference
+    choices = _recipe_of(a, space__stages__0__widths=[8], space__final_widths=[9])
+    _plant_backbone(a, "P", static=0.55, epochs=10, val=0.55, seed=1, recipe=choices, file="-s1")
+    drop = _recipe_of(a, space__dropout=0.5)
+    del drop["train"]["lr"]
+    for epochs, acc in ((10, 0.11), (80, 0.12)):
+        _plant_backbone(a, "P", static=acc, epochs=epochs, val=acc, seed=2, recipe=drop, file="-drop")
     path, _ = write_report(a)
     test = _section(path.read_text(), "lengths:a").split("Validation accuracy")[0]
     rows = {ln.split(" | ")[0]: ln.split(" | ")[2:] for ln in test.splitlines() if ln.startswith("| `")}
     assert rows == {"| `P (data.augment.cutout=8)` (ref)": ["80.00%, n=1", "90.00%, n=1 |"],
-                    "| `P`": ["72.00% (-8.00 points), n=1", "82.00% (-8.00 points), n=1 |"],
+                    "| `P`": ["63.50% (-8.00 points), n=2", "82.00% (-8.00 points), n=1 |"],
                     "| `Q`": ["71.00% (-9.00 points), n=1", "81.00% (-9.00 points), n=1 |"],
-                    "| `Q (data.augment.cutout=8)`": ["60.00% (-20.00 points), n=1", "70.00% (-20.00 points), n=1 |"]}
+                    "| `Q (data.augment.cutout=8)`": ["60.00% (-20.00 points), n=1", "70.00% (-20.00 points), n=1 |"],
+                    "| `P (space.dropout=0.5)`": ["11.00%, n=1", "12.00%, n=1 |"]}
+
+
+def test_inherited_ranking_sets_the_supernet_against_its_own_recipe_only(tmp_path: Path) -> None:
+    a = _plant_repeat(tmp_path, "a", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None, "export.report_runs=[b]")
+    b = _plant_repeat(tmp_path, "b", 0, 0.8, 0.7, [(0.8, 1e6)], (0.8, 1e6), None)
+    e = a.train.epochs
+    # the reported run's recipe trained P and Q; run b, with cutout, trained all three longer, which
+    # would win the choice of length and leave nothing to set the supernet against
+    for arch, acc in (("P", 0.82), ("Q", 0.80)):
+        _plant_backbone(a, arch, static=acc, epochs=e, recipe=_recipe_of(a))
+    for arch, acc in (("P", 0.70), ("Q", 0.90), ("R", 0.85)):
+        _plant_backbone(b, arch, static=acc, epochs=e + 50, recipe=_recipe_of(a, data__augment__cutout=8))
+    for arch, acc in {"P": 0.60, "Q": 0.64, "R": 0.62}.items():
+        _plant_backbone(a, arch, inherited=acc)
+    path, _ = write_report(a)
+    sec = _section(path.read_text(), "ranking:a")
+    legend = [ln.split(" | ")[:4] for ln in sec.splitlines() if ln.startswith("| #")]
+    assert legend == [["| #1", "`P`", "82.00%", "1 |"], ["| #2", "`Q`", "80.00%", "1 |"]]
 
 
 # The report's modules in layer order: each may import only from the ones before it.
