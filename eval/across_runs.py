@@ -61,9 +61,12 @@ def comparison_lines(runs: list[RunData]) -> list[str]:
                      pct(max((r["accuracy"] for r in front), default=None)),
                      mmacs(min((r[run.cost_key] for r in front), default=None)),
                      f"{pct(best[1]['accuracy'])} at {mmacs(best[1]['expected_macs'])}" if best else "-"])
-    cons = {json.dumps((r.pareto or {}).get("constraints"), sort_keys=True) for r in runs if r.pareto}
-    note = ([] if len(cons) <= 1 else
-            ["", "The searches ran under different constraints: their hypervolumes are not comparable."])
+    # a hypervolume is measured from its reference point, on its cost axis
+    scales = {json.dumps([r.pareto.get(k) for k in ("constraints", "reference_point", "cost_key")], sort_keys=True)
+              for r in runs if r.pareto}
+    note = ([] if len(scales) <= 1 else
+            ["", "The searches ran under different constraints, hypervolume reference points or cost axes: "
+                 "their hypervolumes are not comparable."])
     return table(["run", "settings (against the first)", "val acc largest", "val acc smallest", "admissible front",
                   "hypervolume (val)", "best admissible val acc", "lowest admissible exp. MACs",
                   "best export on val: test acc at exp. MACs"], rows) + note

@@ -205,6 +205,25 @@ def test_runs_side_by_side_show_each_run_and_what_differs(run_folder) -> None:
     assert config_differences(base, other, RECIPE_SECTIONS[:4]) == ["data.augment.cutout=8", "exits.w_macs=0.0"]
 
 
+def test_runs_side_by_side_warn_when_their_hypervolumes_are_measured_differently(tmp_path: Path) -> None:
+    from eval.across_runs import comparison_lines
+    from eval.run_folder import RunData
+
+    cfg = tiny_cfg(tmp_path)
+    pareto = {"constraints": {"min_accuracy": 0.65}, "reference_point": {"error": 0.35, "cost": 2.7e6},
+              "cost_key": "expected_macs", "front": []}
+
+    def run(name: str, **changes: object) -> RunData:
+        return RunData(name=name, dir=tmp_path, cfg=cfg, has_config=True, config_dict={},
+                       pareto=dict(pareto, **changes))
+
+    warning = "their hypervolumes are not comparable"
+    assert not any(warning in ln for ln in comparison_lines([run("a"), run("b")]))
+    for other in ({"reference_point": {"error": 0.35, "cost": 8e6}}, {"cost_key": "expected_latency"},
+                  {"constraints": {"min_accuracy": 0.5}}):
+        assert any(warning in ln for ln in comparison_lines([run("a"), run("b", **other)])), other
+
+
 def test_listed_baseline_commands_train_the_same_networks_again(run_folder, tmp_path: Path) -> None:
     import shlex
 
