@@ -27,6 +27,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # Saved settings that shape the networks, the data splits and the search: runs equal in all of
 # them but the seed repeat one recipe.
 RECIPE_SECTIONS = ("data", "space", "exits", "train", "search")
+# those that shape a supernet's weights (the search does not)
+SUPERNET_SECTIONS = ("data", "space", "exits", "train")
 
 
 def config_differences(base: dict[str, Any], other: dict[str, Any],
@@ -365,8 +367,7 @@ def ranking_lines(runs: list[RunData]) -> list[str]:
     rows = []
     for run, inh in rows_of:
         # epochs and seed have their own columns
-        # the search does not shape the supernet's weights
-        differs = [d for d in config_differences(settings(first), settings(run), RECIPE_SECTIONS[:4])
+        differs = [d for d in config_differences(settings(first), settings(run), SUPERNET_SECTIONS)
                    if not d.startswith("train.epochs=")]
         diff = "(reference)" if run is first else ", ".join(f"`{d}`" for d in differs) or "same settings"
         rows.append([f"`{run.name}`", str(run.cfg.seed), str(run.cfg.train.epochs), diff]

@@ -198,11 +198,11 @@ def test_runs_side_by_side_show_each_run_and_what_differs(run_folder) -> None:
             "data": {"augment": {"cutout": 0}}}
     other = {"exits": {"criterion": "learned", "w_macs": 0.0, "w_support": 1.0}, "train": {"epochs": 3},
              "data": {"augment": {"cutout": 8}}, "search": {"generations": 9}, "wandb": {"project": "x"}}
-    from eval.across_runs import RECIPE_SECTIONS, config_differences
+    from eval.across_runs import SUPERNET_SECTIONS, config_differences
     # the data and the search shape what the table shows too; where results go does not
     assert config_differences(base, other) == ["data.augment.cutout=8", "exits.w_macs=0.0", "search.generations=9"]
     # what the ranking asks of: the supernets' weights, which the search does not shape
-    assert config_differences(base, other, RECIPE_SECTIONS[:4]) == ["data.augment.cutout=8", "exits.w_macs=0.0"]
+    assert config_differences(base, other, SUPERNET_SECTIONS) == ["data.augment.cutout=8", "exits.w_macs=0.0"]
 
 
 def test_runs_side_by_side_warn_when_their_hypervolumes_are_measured_differently(tmp_path: Path) -> None:
