@@ -56,7 +56,8 @@ import torch.nn.functional as F
 import yaml
 
 from eval.fit import fit
-from nachos.config import SUPERNET_ONLY_TRAIN_KEYS, Config, ConfigError, config_to_dict, saved_config_here
+from nachos.config import (SUPERNET_ONLY_TRAIN_KEYS, Config, ConfigError, config_to_dict, save_config,
+                           saved_config_here)
 from nachos.runtime import (RunError, atomic_write_text, ensure_dir, json_digest, memory_format, resolve_device,
                             seed_everything)
 from supernet.space import Arch, SearchSpace
@@ -456,6 +457,8 @@ def baseline_command(cfg: Config, args: Any) -> int:
     if epochs != run.train.epochs:  # a longer or shorter rival sits beside the like-for-like one, not over it
         chosen = [(f"{tag}-e{epochs}", arch, origin) for tag, arch, origin in chosen]
     out_dir = run.run_dir / "baselines"
+    if not (run.run_dir / "config.yaml").is_file():  # a run of static networks alone: its report and archive read it
+        save_config(run, run.run_dir / "config.yaml")
     print(f"{len(chosen)} static baseline(s) of run {run.name}, {epochs} epochs each, on "
           f"{resolve_device(run.device)} -> {out_dir}/", file=sys.stderr)
     for tag, arch, origin in chosen:

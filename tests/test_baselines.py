@@ -126,6 +126,36 @@ def test_a_finished_baseline_keeps_the_origin_of_every_mode_that_chose_it(tmp_pa
         "nachos baseline --config C export.baselines=matched export.max_baselines=4 export.baseline_epochs=3"]
 
 
+def test_a_run_of_static_networks_alone_saves_its_config_for_the_report_and_archive(tmp_path: Path, monkeypatch,
+                                                                                     capsys) -> None:
+    import argparse
+    import dataclasses
+
+    import yaml
+
+    from eval.archive import archive_command
+
+    cfg = tiny_cfg(tmp_path, "name=alone", "data.augment.cutout=4", "export.baselines=hand")
+    arch = SearchSpace.from_config(cfg.space).sample(random.Random(3))
+    result = {"test_accuracy": 0.5, "val_accuracy": 0.5, "macs": 1e6, "params": 10, "train_seconds": 1.0,
+              "origin": {"kind": "hand-designed"}, "arch_str": str(arch)}
+    monkeypatch.setattr(baselines, "choose_baselines", lambda *a: [("hand", arch, {"kind": "hand-designed"})])
+    monkeypatch.setattr(baselines, "train_static", lambda *a, **k: result)
+    assert baselines.baseline_command(cfg, argparse.Namespace()) == 0
+    saved = yaml.safe_load((cfg.run_dir / "config.yaml").read_text())
+    assert saved["name"] == "alone" and saved["data"]["augment"]["cutout"] == 4
+    archive = tmp_path / "archive"
+    assert archive_command(dataclasses.replace(cfg, export=dataclasses.replace(
+        cfg.export, archive_dir=str(archive))), None) == 0
+    assert (archive / "alone" / "config.yaml").is_file() and "not found" not in capsys.readouterr().out
+    # a run's own config (a supernet's, say) is its record: another command line does not overwrite it
+    other = dataclasses.replace(cfg, num_threads=cfg.num_threads + 3, data=dataclasses.replace(
+        cfg.data, augment=dataclasses.replace(cfg.data.augment, cutout=8)))
+    assert baselines.baseline_command(other, argparse.Namespace()) == 0
+    again = yaml.safe_load((cfg.run_dir / "config.yaml").read_text())
+    assert again["data"]["augment"]["cutout"] == 4 and again["num_threads"] == saved["num_threads"]
+
+
 def test_a_static_baseline_resumed_after_a_crash_ends_as_one_trained_straight(tmp_path: Path, interrupted) -> None:
     cfg = tiny_cfg(tmp_path)
     arch = SearchSpace.from_config(cfg.space).sample(random.Random(3))
