@@ -215,11 +215,11 @@ _NOT_TRAINING = ("seed", "train.epochs", "train.random_max_macs", "train.amp", "
 _ARCH_CHOICES = ("widths", "depths", "kernels", "expand_ratios", "final_widths", "exit_positions")
 
 
-def training_recipe(b: dict[str, Any]) -> dict[str, Any]:
-    """The settings of static network ``b``'s recorded recipe that shape what it learns and its arch
-    string does not name (``data.augment.cutout``, ``space.dropout``, each stage's stride, SE and
-    activation...), flattened; empty for a record that kept none."""
-    rec = dict(b.get("recipe") or {})
+def training_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a recipe (a static network's recorded one, or a run's saved data, train and space)
+    that shape what a static network learns and its arch string does not name (``data.augment.cutout``,
+    ``space.dropout``, each stage's stride, SE and activation...), flattened."""
+    rec = dict(recipe)
     if isinstance(rec.get("space"), dict):
         space = {k: v for k, v in rec["space"].items() if k not in _ARCH_CHOICES}
         if isinstance(space.get("stages"), list):
@@ -237,11 +237,11 @@ def scratch_by_length(runs: list[RunData],
     each other; ``other_recipes=False`` leaves those out."""
     out: dict[str, dict[int, dict[Any, dict[str, Any]]]] = {}
     saved = settings(runs[0]) if runs else {}
-    ref = training_recipe({"recipe": {k: saved.get(k) for k in ("data", "train", "space")}})
+    ref = training_recipe({k: saved.get(k) for k in ("data", "train", "space")})
     for run in runs:
         for b in from_scratch(run):
             if isinstance(b.get("epochs"), int) and b.get("arch_str"):
-                mine = training_recipe(b)
+                mine = training_recipe(b.get("recipe") or {})  # a record that kept none: the reported run's
                 # a key one record lacks was added since it was written: unknown, not a difference
                 diffs = [override(k, mine[k]) for k in sorted(set(ref) & set(mine)) if ref[k] != mine[k]]
                 if diffs and not other_recipes:
