@@ -113,13 +113,16 @@ def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunD
     """Per static network (by arch) that at least two of the seeds trained like-for-like
     (``like_for_like``): [(run, export, that seed's static network), ...], cheapest network first, so
     goal 2's head-to-head is read across seeds, not off one. Networks are matched by their arch
-    string (a baseline copied in from a run of another space keeps that space's arch key) and
-    epochs; a run holding two such, one trained there and one copied in, enters with its own."""
-    groups: dict[tuple[str, Any], dict[Any, tuple[RunData, Export, dict[str, Any]]]] = {}
+    string (a baseline copied in from a run of another space keeps that space's arch key), epochs and
+    how their training differs from their run's (``recipe_differences``: a copy trained with cutout
+    repeats no seed's own network); a run holding two such, one trained there and one copied in,
+    enters with its own."""
+    groups: dict[tuple[str, Any, tuple[str, ...]], dict[Any, tuple[RunData, Export, dict[str, Any]]]] = {}
     for run, e in members:
-        mine: dict[tuple[str, Any], dict[str, Any]] = {}
+        ref = run_training_recipe(run)
+        mine: dict[tuple[str, Any, tuple[str, ...]], dict[str, Any]] = {}
         for b in sorted(run.baselines, key=lambda b: copied_from(run, b) is not None):
-            key = (str(b.get("arch_str") or b["tag"]), b.get("epochs"))
+            key = (str(b.get("arch_str") or b["tag"]), b.get("epochs"), tuple(recipe_differences(ref, b)))
             if like_for_like(run, b) and baseline_seed(run, b) == run.cfg.seed:
                 mine.setdefault(key, b)
         for key, b in mine.items():
@@ -151,9 +154,10 @@ def rival_lines(members: list[tuple[RunData, Export]]) -> list[str]:
         won = sum(g > 0 for g in gaps)
         rows.append(["**mean ± sd**", "", mean_sd(statics), mean_sd(eens),
                      f"{mean_sd(gaps, unit=' points')}; won {won} of {len(group)}"])
-        first = group[0][2]
-        out += [f"Against the static network `{first.get('arch_str') or first['tag']}`, trained {first.get('epochs')} "
-                "epochs in each seed:",
+        run, _, first = group[0]
+        diffs = recipe_differences(run_training_recipe(run), first)
+        out += [f"Against the static network `{first.get('arch_str') or first['tag']}`"
+                + (f" ({', '.join(diffs)})" if diffs else "") + f", trained {first.get('epochs')} epochs in each seed:",
                 ""] + table(
             ["run", "seed", "static network (test)", "EEN within its MACs (test)", "EEN - static"], rows) + [""]
     return out
@@ -228,6 +232,20 @@ def training_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in _flatten(rec).items() if k not in _NOT_TRAINING}
 
 
+def run_training_recipe(run: RunData) -> dict[str, Any]:
+    """``training_recipe`` of the run's own saved settings: what its static networks trained with."""
+    saved = settings(run)
+    return training_recipe({k: saved.get(k) for k in ("data", "train", "space")})
+
+
+def recipe_differences(ref: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """``key=value`` of how static network ``b``'s recorded training differs from ``ref`` (a
+    ``training_recipe``); a record that kept no recipe trained with the run's."""
+    mine = training_recipe(b.get("recipe") or {})
+    # a key one record lacks was added since it was written: unknown, not a difference
+    return [override(k, mine[k]) for k in sorted(set(ref) & set(mine)) if ref[k] != mine[k]]
+
+
 def scratch_by_length(runs: list[RunData],
                       other_recipes: bool = True) -> dict[str, dict[int, dict[Any, dict[str, Any]]]]:
     """The static networks trained from scratch in ``runs`` as {network: {epochs: {seed: baseline}}}, one
@@ -236,14 +254,11 @@ def scratch_by_length(runs: list[RunData],
     with cutout), so that networks trained otherwise are neither taken for repeats nor for copies of
     each other; ``other_recipes=False`` leaves those out."""
     out: dict[str, dict[int, dict[Any, dict[str, Any]]]] = {}
-    saved = settings(runs[0]) if runs else {}
-    ref = training_recipe({k: saved.get(k) for k in ("data", "train", "space")})
+    ref = run_training_recipe(runs[0]) if runs else {}
     for run in runs:
         for b in from_scratch(run):
             if isinstance(b.get("epochs"), int) and b.get("arch_str"):
-                mine = training_recipe(b.get("recipe") or {})  # a record that kept none: the reported run's
-                # a key one record lacks was added since it was written: unknown, not a difference
-                diffs = [override(k, mine[k]) for k in sorted(set(ref) & set(mine)) if ref[k] != mine[k]]
+                diffs = recipe_differences(ref, b)
                 if diffs and not other_recipes:
                     continue
                 name = b["arch_str"] + (f" ({', '.join(diffs)})" if diffs else "")

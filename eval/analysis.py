@@ -300,11 +300,18 @@ def rival_epochs(run: RunData) -> int:
 def rival_problem(run: RunData, baseline: dict[str, Any], needed: int | None = None) -> str | None:
     """Why a static baseline is no like-for-like rival of the run's EENs, or None: trained fewer than
     ``needed`` epochs (by default ``rival_epochs``; say, for the rank correlation: it would flatter the
-    EENs), or scored on other test images (a finished baseline keeps the ``export.test_subset`` it was
-    scored with)."""
+    EENs), or scored on other test images: another data set, or another ``export.test_subset`` (a finished
+    baseline keeps the one it was scored with; a baseline copied from another seed's run drew its own)."""
     needed = rival_epochs(run) if needed is None else needed
     if baseline.get("epochs", 0) < needed:
         return f"fewer epochs than the EENs' {needed}"
+    if baseline.get("dataset") not in (None, run.cfg.data.name):
+        return f"trained on {baseline['dataset']}, the EENs on {run.cfg.data.name}"
+    # records older than the digest are judged by their size alone
+    theirs_digest, ours_digests = baseline.get("test_digest"), {e.eval.get("test_digest") for e in evaluated(run)}
+    ours_digests.discard(None)
+    if theirs_digest is not None and ours_digests and theirs_digest not in ours_digests:
+        return "scored on other test images than the EENs (another seed's export.test_subset)"
     theirs, ours = baseline.get("test_images"), {e.eval.get("images") for e in evaluated(run)} - {None}
     if theirs is not None and ours and theirs not in ours:
         return f"scored on {theirs} test images, the EENs on {', '.join(str(n) for n in sorted(ours))}"

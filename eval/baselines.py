@@ -388,7 +388,7 @@ def train_static(cfg: Config, arch: Arch, epochs: int, tag: str, out_dir: str | 
         "epochs": epochs, "steps": step, "train_images": len(splits.train_y),
         "held_out_digest": splits.held_out_digest,  # what fine-tuning from it checks against its export's
         "val_accuracy": val_acc, "val_images": n_val, "test_accuracy": test_acc, "test_images": n_test,
-        "test_subset": cfg.export.test_subset,
+        "test_subset": cfg.export.test_subset, "test_digest": splits.test_digest(order),
         "dataset": cfg.data.name, "macs": float(macs), "macs_profiled": profiled, "macs_source": table_source,
         "params": int(params), "params_counted": count_params(model),
         "train_seconds": seconds, "eval_seconds": eval_seconds, "device": device_name(device),

@@ -89,6 +89,13 @@ class Splits:
                            "JPEGs decoded by another Pillow/libjpeg: then use the data cache of the machine that "
                            f"trained it, data.cache_dir); {harm}. {fix}")
 
+    def test_digest(self, order: torch.Tensor) -> str:
+        """Which test images ``order`` scores, hashed (their order left out: it does not change an
+        accuracy), so that two accuracies are set side by side only when measured on the same images:
+        the size alone does not tell another data set or another seed's ``export.test_subset``."""
+        index = order.sort().values
+        return tensor_digest(self.test_x[index], self.test_y[index])
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

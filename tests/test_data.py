@@ -2,6 +2,7 @@
 seeded, and the on-device loader augments whole batches and resumes exactly."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import random
@@ -110,6 +111,20 @@ def test_subsets_are_class_balanced_and_keep_val_fixed(cifar_splits):
     # what a search checks against its supernet: the held-out images, whichever subsets thin the sides
     assert s.held_out_digest == cifar_splits.held_out_digest
     assert load_splits(make_cfg(seed=1)).held_out_digest != cifar_splits.held_out_digest
+
+
+def test_test_digest_names_the_images_not_their_order(cifar_splits):
+    from eval.evaluate import test_order
+
+    s = cifar_splits
+    order = test_order(s.test_y, s.num_classes, 200, seed=0)
+    assert s.test_digest(order) == s.test_digest(order.flip(0))  # an accuracy does not depend on the order
+    # another seed's subset of the same size is other images; so is the whole split
+    assert s.test_digest(test_order(s.test_y, s.num_classes, 200, seed=1)) != s.test_digest(order)
+    assert s.test_digest(test_order(s.test_y, s.num_classes, 0, seed=0)) != s.test_digest(order)
+    # and the same positions of other images (another data set) are told apart too
+    moved = dataclasses.replace(s, test_x=s.test_x.roll(1, 0))
+    assert moved.test_digest(order) != s.test_digest(order)
 
 
 def test_split_indices_stratify_imbalanced_labels():

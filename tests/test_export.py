@@ -507,6 +507,10 @@ def test_eval_on_the_test_split_writes_reports(exported) -> None:
     folder = folders[1]
     r = json.loads((folder / "eval.json").read_text())
     assert r["split"] == "test" and r["images"] == 400
+    from eval.evaluate import test_order
+    from nachos.data import load_splits
+    s = load_splits(cfg)  # which images, so the report sets it only against baselines scored on these
+    assert r["test_digest"] == s.test_digest(test_order(s.test_y, s.num_classes, 400, cfg.seed))
     assert sum(r["exit_counts"]) == 400 and sum(r["exit_rates"]) == pytest.approx(1.0)
     assert r["expected_macs"] == pytest.approx(np.dot(r["exit_counts"], r["exit_costs"]) / 400)
     assert r["same_exits_as_all_exits_rule"] == 1.0 and r["same_predictions_as_all_exits_rule"] == 1.0

@@ -409,6 +409,16 @@ def test_a_baseline_scored_on_other_test_images_is_no_rival(run_folder) -> None:
     run = load_run(cfg, cfg.run_dir)
     hand = next(b for b in run.baselines if b["tag"] == "hand")
     assert like_for_like(run, hand)
+    # as many images, but another seed's subset (a baseline copied from another seed's run)
+    for e in run.exports:
+        e.eval["test_digest"] = "ours"
+    hand["test_digest"] = "theirs"
+    assert rival_problem(run, hand) == "scored on other test images than the EENs (another seed's export.test_subset)"
+    hand["test_digest"] = "ours"
+    assert like_for_like(run, hand)
+    hand["dataset"] = "mnist"  # copied from a run on another data set (records older than the digest say so)
+    assert rival_problem(run, hand) == "trained on mnist, the EENs on cifar10"
+    hand["dataset"], hand["test_digest"] = cfg.data.name, None
     hand["test_images"] = 10000  # scored before export.test_subset changed; the EENs saw 200
     assert rival_problem(run, hand) == "scored on 10000 test images, the EENs on 200"
     assert next(c for c in baseline_comparison(run) if c["baseline"] is hand)["rival"] is False
@@ -609,8 +619,12 @@ def test_train_static_writes_test_accuracy_and_table_macs(tmp_path: Path) -> Non
     table = MacTable(space, cfg.exits)
     assert r["macs"] == table.peak_cost(arch, []) == r["macs_profiled"]
     assert r["params"] == table.params(arch, []) == r["params_counted"]
+    from eval.evaluate import test_order
     from nachos.data import load_splits
-    assert r["held_out_digest"] == load_splits(cfg).held_out_digest  # what fine-tuning from it checks
+    splits = load_splits(cfg)
+    assert r["held_out_digest"] == splits.held_out_digest  # what fine-tuning from it checks
+    # the report sets it only against EENs scored on these very images
+    assert r["test_digest"] == splits.test_digest(test_order(splits.test_y, splits.num_classes, 200, cfg.seed))
     again = train_static(cfg, arch, 1, "probe", tmp_path / "b")  # resumes the finished checkpoint: no new steps
     assert again["steps"] == r["steps"] and again["test_accuracy"] == r["test_accuracy"]
 
@@ -1000,6 +1014,28 @@ def test_repeats_across_seeds_pit_each_seeds_een_against_that_seeds_static_netwo
     assert rows["| `c`"][2:] == ["80.00% at 0.500 M", "none at or below its MACs", "lost |"]
     assert rows["| **mean ± sd**"][2:] == ["79.83 ± 0.76% (n=3)", "80.25 ± 0.21% (n=2)",
                                            "0.50 ± 1.27 points (n=2); won 1 of 3 |"]
+
+
+def test_repeats_across_seeds_pit_statics_only_against_those_trained_the_same_way(tmp_path: Path) -> None:
+    cut = {"data": {"augment": {"cutout": 8}}}
+    a = _plant_repeat(tmp_path, "a", 0, 0.80, 0.70, [(0.80, 0.9e6)], (0.80, 0.9e6), {"test_accuracy": 0.79},
+                      "export.report_runs=[b]")
+    # seed 1 holds the same network trained with cutout (copied from another run): no repeat of seed 0's
+    b = _plant_repeat(tmp_path, "b", 1, 0.81, 0.72, [(0.80, 0.9e6)], (0.80, 0.9e6),
+                      {"test_accuracy": 0.82, "run": "h", "recipe": dict(cut, seed=1)})
+    path, _ = write_report(a)
+    assert "Against the static network" not in _section(path.read_text(), "seeds:a")
+    # once seed 0 holds one trained with cutout too, the two are set side by side, and named for it
+    (a.run_dir / "baselines" / "cut.json").write_text(json.dumps(
+        {"epochs": a.train.epochs, "tag": "cut", "arch_key": "k", "arch_str": "w16[k3e1] f64", "macs": 1e6,
+         "test_accuracy": 0.81, "run": "g", "recipe": dict(cut, seed=0)}))
+    path, _ = write_report(a)
+    sec = _section(path.read_text(), "seeds:a")
+    assert sec.count("Against the static network") == 1
+    rivals = sec.split("Against the static network `w16[k3e1] f64` (data.augment.cutout=8), trained "
+                       f"{b.train.epochs} epochs in each seed:")[1]
+    rows = {ln.split(" | ")[0]: ln.split(" | ") for ln in rivals.splitlines() if ln.startswith("| ")}
+    assert rows["| `a`"][2] == "81.00% at 1.000 M (from `g`)" and rows["| `b`"][2] == "82.00% at 1.000 M (from `h`)"
 
 
 def test_repeats_across_seeds_count_each_seed_once(tmp_path: Path) -> None:
