@@ -305,8 +305,9 @@ def rival_problem(run: RunData, baseline: dict[str, Any], needed: int | None = N
     needed = rival_epochs(run) if needed is None else needed
     if baseline.get("epochs", 0) < needed:
         return f"fewer epochs than the EENs' {needed}"
-    if baseline.get("dataset") not in (None, run.cfg.data.name):
-        return f"trained on {baseline['dataset']}, the EENs on {run.cfg.data.name}"
+    data = baseline.get("dataset")
+    if data is not None and data != run.cfg.data.name:
+        return f"trained on {data}, the EENs on {run.cfg.data.name}"
     # records older than the digest are judged by their size alone
     theirs_digest, ours_digests = baseline.get("test_digest"), {e.eval.get("test_digest") for e in evaluated(run)}
     ours_digests.discard(None)
