@@ -364,7 +364,8 @@ def evaluate_export(folder: str | Path, cfg: Config) -> dict[str, Any]:
     correct = pred == labels
     result: dict[str, Any] = {
         "id": folder.name, "export_dir": str(folder), "split": "test", "images": int(len(labels)),
-        "test_digest": splits.test_digest(order), "dataset": src.data.name, "criterion": model.criterion, "exits": m["exits"], "thresholds": m["thresholds"],
+        "test_digest": splits.test_digest(order), "dataset": src.data.name, "criterion": model.criterion,
+        "exits": m["exits"], "thresholds": m["thresholds"],
         "accuracy": float(correct.mean()),
         "exit_counts": stats["counts"], "exit_rates": stats["rates"], "exit_accuracy": stats["accuracy"],
         "exit_accuracy_all_samples": [float((p == labels).mean()) for p in all_pred],
