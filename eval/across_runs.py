@@ -109,10 +109,14 @@ def repeat_row(run: RunData, e: Export, ablation: list[dict[str, Any]]) -> dict[
             "op": op, "met": op is not None and savings_goal_met(op)}
 
 
-def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunData, Export, dict[str, Any]]]]:
+Rivals = list[tuple[RunData, Export, dict[str, Any]]]
+
+
+def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[tuple[tuple[str, ...], Rivals]]:
     """Per static network (by arch) that at least two of the seeds trained like-for-like
-    (``like_for_like``): [(run, export, that seed's static network), ...], cheapest network first, so
-    goal 2's head-to-head is read across seeds, not off one. Networks are matched by their arch
+    (``like_for_like``): (how its training differs from the runs', [(run, export, that seed's static
+    network), ...]), cheapest network first, so goal 2's head-to-head is read across seeds, not off
+    one. Networks are matched by their arch
     string (a baseline copied in from a run of another space keeps that space's arch key), epochs and
     how their training differs from their run's (``recipe_differences``: a copy trained with cutout
     repeats no seed's own network); a run holding two such, one trained there and one copied in,
@@ -128,15 +132,15 @@ def repeat_rivals(members: list[tuple[RunData, Export]]) -> list[list[tuple[RunD
         for key, b in mine.items():
             by_seed = groups.setdefault(key, {})
             by_seed.setdefault(run.cfg.seed, (run, e, b))
-    kept = [list(g.values()) for g in groups.values() if len(g) >= 2]
-    return sorted(kept, key=lambda g: min(b["macs"] for _, _, b in g))
+    kept = [(key[2], list(g.values())) for key, g in groups.items() if len(g) >= 2]
+    return sorted(kept, key=lambda kg: min(b["macs"] for _, _, b in kg[1]))
 
 
 def rival_lines(members: list[tuple[RunData, Export]]) -> list[str]:
     """Goal 2 across seeds: per static network repeated in the seeds, each seed's EEN point within
     its MACs (the one validation picks, ``best_een_within``) against it, and the mean ± sd gap."""
     out: list[str] = []
-    for group in repeat_rivals(members):
+    for diffs, group in repeat_rivals(members):
         rows, gaps, statics, eens = [], [], [], []
         for run, e, b in group:
             found = best_een_within([e], b["macs"])
@@ -154,8 +158,7 @@ def rival_lines(members: list[tuple[RunData, Export]]) -> list[str]:
         won = sum(g > 0 for g in gaps)
         rows.append(["**mean ± sd**", "", mean_sd(statics), mean_sd(eens),
                      f"{mean_sd(gaps, unit=' points')}; won {won} of {len(group)}"])
-        run, _, first = group[0]
-        diffs = recipe_differences(run_training_recipe(run), first)
+        first = group[0][2]
         out += [f"Against the static network `{first.get('arch_str') or first['tag']}`"
                 + (f" ({', '.join(diffs)})" if diffs else "") + f", trained {first.get('epochs')} epochs in each seed:",
                 ""] + table(
